@@ -1,0 +1,232 @@
+"""Random-access image sources: `source[i] -> (image, label)` or None for an unreadable image.
+
+Spec strings (`make_source`):
+- `folder:PATH`  ImageNet-train layout (`PATH/<class>/**/<img>`, labels = index of the sorted class
+  directory names, as torchvision ImageFolder) or a flat folder of images (label -1).
+  Extensions .jpg .jpeg .png .webp, any case.
+- `tfds:NAME:SPLIT[:DATA_DIR]`  a TFDS dataset prepared with `file_format="array_record"`, read with
+  `tfds.data_source` (no TensorFlow needed). Image bytes are decoded here with PIL.
+- `demo` / `demo:train` / `demo:val`  built-in labelled dataset from scikit-image's bundled sample
+  photos (no download): each class is one photo, each sample a seeded random crop + flip of it.
+
+Images come back as PIL RGB (folder, tfds) or uint8 [H, W, 3] (demo). A file that cannot be decoded
+gives None plus a warning with the running count of skipped images of that source (per process);
+the pipelines drop (train) or mark invalid (eval) such samples, so one bad file never stops a run.
+"""
+from __future__ import annotations
+
+import io
+import logging
+import os
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+logger = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")
+
+
+class SkippedCounter:
+    """Counts unreadable samples of one source (per process). Warns with the running count the first
+    time each file fails (later epochs hitting the same file only count, to keep logs readable)."""
+
+    def __init__(self, what: str):
+        self.what = what
+        self.count = 0
+        self._warned = set()
+
+    def skip(self, ref: Any, err: BaseException) -> None:
+        self.count += 1
+        if ref in self._warned:
+            return
+        self._warned.add(ref)
+        logger.warning("skipping unreadable image %s in %s (%s: %s); %d skipped so far in this process",
+                       ref, self.what, type(err).__name__, err, self.count)
+
+
+def decode_image(data) -> Image.Image:
+    """bytes / file path / file object -> PIL RGB image (fully decoded, so truncation raises here)."""
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        data = io.BytesIO(bytes(data))
+    with Image.open(data) as img:
+        img.load()
+        return img.convert("RGB")
+
+
+def _is_image(name: str) -> bool:
+    return name.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def _walk_images(root: str) -> list[str]:
+    out = []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        dirnames.sort()
+        out.extend(os.path.join(dirpath, f) for f in sorted(filenames) if _is_image(f))
+    return out
+
+
+class FolderSource:
+    """Images under a folder: class subfolders (labels from sorted names) or a flat folder (label -1)."""
+
+    def __init__(self, root: str):
+        if not root:
+            raise ValueError("empty folder path: use folder:/path/to/images")
+        if not os.path.isdir(root):
+            raise FileNotFoundError(f"dataset folder {root!r} does not exist or is not a directory")
+        self.root = root
+        subdirs = sorted(e.name for e in os.scandir(root) if e.is_dir())
+        classes, files, labels = [], [], []
+        for d in subdirs:
+            imgs = _walk_images(os.path.join(root, d))
+            if imgs:
+                files.extend(imgs)
+                labels.extend([len(classes)] * len(imgs))
+                classes.append(d)
+        top = sorted(e.path for e in os.scandir(root) if e.is_file() and _is_image(e.name))
+        if classes:
+            if top:
+                logger.warning("%s: %d images directly in the root are ignored (class-folder layout found)",
+                               root, len(top))
+        else:
+            files, labels = top, [-1] * len(top)
+        if not files:
+            raise ValueError(f"no images ({', '.join(IMAGE_EXTENSIONS)}, any case) found under {root!r}; "
+                             "expected PATH/<class>/<image> or PATH/<image>")
+        self.classes = classes
+        self.files = files
+        self.labels = np.asarray(labels, np.int64)
+        self.skipped = SkippedCounter(f"folder:{root}")
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int):
+        path = self.files[i]
+        try:
+            img = decode_image(path)
+        except Exception as e:  # any decode failure (truncated, garbage, unsupported) -> skip
+            self.skipped.skip(path, e)
+            return None
+        return img, int(self.labels[i])
+
+
+class TfdsSource:
+    """A TFDS array_record dataset via `tfds.data_source` (images decoded here with PIL)."""
+
+    def __init__(self, name: str, split: str, data_dir: str | None = None):
+        if not name or not split:
+            raise ValueError("tfds spec needs a name and a split: tfds:NAME:SPLIT[:DATA_DIR]")
+        import tensorflow_datasets as tfds
+
+        if data_dir and not os.path.isdir(data_dir):
+            raise FileNotFoundError(f"TFDS data_dir {data_dir!r} does not exist")
+        try:
+            features = tfds.builder(name, data_dir=data_dir or None).info.features
+        except Exception as e:
+            raise ValueError(f"cannot open TFDS dataset {name!r} (data_dir={data_dir!r}): {e}. Prepare it with "
+                             "file_format='array_record' (e.g. `tfds build NAME --file_format=array_record`); "
+                             "reading it needs no TensorFlow.") from e
+        self.image_key = next((k for k, f in features.items() if isinstance(f, tfds.features.Image)), None)
+        if self.image_key is None:
+            raise ValueError(f"TFDS dataset {name!r} has no Image feature (features: {list(features)})")
+        self.label_key = "label" if "label" in features else None
+        try:
+            self.ds = tfds.data_source(name, split=split, data_dir=data_dir or None,
+                                       decoders={self.image_key: tfds.decode.SkipDecoding()})
+        except Exception as e:
+            raise ValueError(f"cannot open TFDS dataset {name!r} split {split!r} (data_dir={data_dir!r}): {e}. "
+                             "The dataset must be prepared with file_format='array_record'.") from e
+        if len(self.ds) == 0:
+            raise ValueError(f"TFDS dataset {name!r} split {split!r} is empty")
+        self.skipped = SkippedCounter(f"tfds:{name}:{split}")
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitem__(self, i: int):
+        ex = self.ds[i]
+        try:
+            img = decode_image(ex[self.image_key])
+        except Exception as e:
+            self.skipped.skip(f"record {i}", e)
+            return None
+        return img, int(ex[self.label_key]) if self.label_key else -1
+
+
+DEMO_CLASSES = ("astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field", "immunohistochemistry",
+                "retina", "colorwheel", "camera", "coins")
+
+
+class DemoSource:
+    """Built-in labelled dataset: 10 classes = 10 scikit-image sample photos (shipped with the package).
+
+    Sample i: class i % 10; a random crop (area 25-100% of the photo, aspect 3/4-4/3) with a random
+    horizontal flip, resized to `size` x `size`, seeded by (split, i) so it is deterministic.
+    `train` (default 64 per class) and `val` (16 per class) use different seeds: different crops of
+    the same photos, a quick SSL + k-NN sanity check where "class" = "same photo".
+    """
+
+    SPLITS = {"train": (64, 0), "val": (16, 1)}
+
+    def __init__(self, split: str = "train", per_class: int | None = None, size: int = 160):
+        if split not in self.SPLITS:
+            raise ValueError(f"demo split must be one of {sorted(self.SPLITS)}, got {split!r}")
+        default_n, self.seed = self.SPLITS[split]
+        self.per_class = per_class or default_n
+        self.size = size
+        self.classes = list(DEMO_CLASSES)
+        self._images = None  # loaded lazily in each process
+
+    def _base(self, c: int) -> Image.Image:
+        if self._images is None:
+            import skimage.data
+
+            self._images = [to_rgb_pil(getattr(skimage.data, n)()) for n in DEMO_CLASSES]
+        return self._images[c]
+
+    def __len__(self) -> int:
+        return self.per_class * len(DEMO_CLASSES)
+
+    def __getitem__(self, i: int):
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        c = i % len(DEMO_CLASSES)
+        img = self._base(c)
+        rng = np.random.default_rng([self.seed, i])
+        W, H = img.size
+        frac, aspect = rng.uniform(0.25, 1.0), np.exp(rng.uniform(np.log(3 / 4), np.log(4 / 3)))
+        w = int(min(W, round(np.sqrt(frac * W * H * aspect))))
+        h = int(min(H, round(np.sqrt(frac * W * H / aspect))))
+        left, top = int(rng.integers(0, W - w + 1)), int(rng.integers(0, H - h + 1))
+        crop = img.crop((left, top, left + w, top + h)).resize((self.size, self.size), Image.BICUBIC)
+        if rng.random() < 0.5:
+            crop = crop.transpose(Image.FLIP_LEFT_RIGHT)
+        return np.asarray(crop), c
+
+
+def to_rgb_pil(arr: np.ndarray) -> Image.Image:
+    arr = np.asarray(arr)
+    if arr.dtype == bool:
+        arr = arr.astype(np.uint8) * 255
+    if arr.ndim == 2:
+        return Image.fromarray(arr, "L").convert("RGB")
+    return Image.fromarray(np.ascontiguousarray(arr[..., :3]), "RGB")
+
+
+def make_source(spec: str):
+    """Parse a dataset spec string -> source (see module docstring for the formats)."""
+    if not isinstance(spec, str) or not spec.strip():
+        raise ValueError("empty dataset spec; use folder:PATH, tfds:NAME:SPLIT[:DATA_DIR] or demo")
+    kind, _, rest = spec.partition(":")
+    if kind == "folder":
+        return FolderSource(os.path.expanduser(rest))
+    if kind == "tfds":
+        parts = rest.split(":", 2)
+        if len(parts) < 2:
+            raise ValueError(f"bad tfds spec {spec!r}; use tfds:NAME:SPLIT[:DATA_DIR]")
+        return TfdsSource(parts[0], parts[1], os.path.expanduser(parts[2]) if len(parts) == 3 else None)
+    if kind == "demo":
+        return DemoSource(rest or "train")
+    raise ValueError(f"unknown dataset spec {spec!r}; use folder:PATH, tfds:NAME:SPLIT[:DATA_DIR] or demo[:train|val]")

@@ -1,0 +1,189 @@
+"""Frozen-backbone feature extraction over labelled image sources (shared by k-NN and linear eval).
+
+A labelled source is anything `dinov2_jax.data.sources.make_source(spec)` returns for a labelled dataset
+("folder:PATH" with one sub-folder per class, "tfds:NAME:SPLIT", "demo"), or a spec string for it.
+Images go through the official eval transform; batches have one fixed size (the last one is padded and
+the padding dropped) so the jitted backbone compiles once.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import numpy as np
+
+
+class LabelledImages:
+    """Uniform view of a labelled source (first `max_samples` records): `len()`, `record(i)` ->
+    (image, label) or None for an unreadable image (the source logs it), `labels()` -> [N] int64."""
+
+    def __init__(self, source, max_samples: int | None = None):
+        self.source = source
+        n = len(source)
+        if max_samples is not None:
+            if max_samples < 1:
+                raise ValueError(f"max_samples must be >= 1, got {max_samples}")
+            n = min(n, max_samples)
+        if n == 0:
+            raise ValueError(f"dataset {source!r} is empty")
+        self.n = n
+        self._labels = None
+
+    def __len__(self):
+        return self.n
+
+    def record(self, i):
+        rec = self.source[i]
+        if rec is None:
+            return None
+        image, label = _unpack(rec)
+        _check_label(label, self.source)
+        return image, int(label)
+
+    def labels(self) -> np.ndarray:
+        """All labels; -1 where the image is unreadable. Cheap when the source lists them (folders)."""
+        if self._labels is None:
+            listed = getattr(self.source, "labels", None)
+            if listed is not None and not callable(listed):
+                labs = np.asarray(listed[: self.n], np.int64)
+                for lab in labs:
+                    _check_label(lab, self.source)
+            else:
+                recs = (self.record(i) for i in range(self.n))
+                labs = np.asarray([-1 if r is None else r[1] for r in recs], np.int64)
+            self._labels = labs
+        return self._labels
+
+
+def _check_label(label, source):
+    if int(label) < 0:
+        raise ValueError(f"dataset {source!r} has unlabelled images (label -1); evaluation needs a labelled "
+                         "dataset, e.g. folder:PATH with one sub-folder per class, or tfds with a label")
+
+
+def _unpack(record):
+    """A source record -> (image, label). Accepts (image, label) pairs and dicts {"image", "label"}."""
+    if isinstance(record, dict):
+        if "image" not in record or "label" not in record:
+            raise ValueError(f"expected a record with 'image' and 'label', got keys {sorted(record)}")
+        return record["image"], record["label"]
+    if isinstance(record, (tuple, list)) and len(record) == 2:
+        return record
+    raise TypeError(f"cannot read (image, label) from a record of type {type(record).__name__}")
+
+
+def load_labelled_source(source, *, max_samples: int | None = None) -> LabelledImages:
+    """Spec string or source -> LabelledImages."""
+    if isinstance(source, LabelledImages):
+        return source
+    if isinstance(source, str):
+        from dinov2_jax.data.sources import make_source
+
+        source = make_source(source)
+    return LabelledImages(source, max_samples=max_samples)
+
+
+def make_feature_fn(model_or_fn, kind: str = "cls") -> Callable:
+    """NNX backbone -> jitted `images [B, H, W, 3] -> [B, D]` final-norm cls token (kind="cls").
+    A plain callable is returned unchanged."""
+    from flax import nnx
+
+    if not isinstance(model_or_fn, nnx.Module):
+        if not callable(model_or_fn):
+            raise TypeError(f"expected an NNX backbone or a callable, got {type(model_or_fn).__name__}")
+        return model_or_fn
+    if kind != "cls":
+        raise ValueError(f"unknown feature kind {kind!r}")
+    graphdef, state = nnx.split(model_or_fn)
+
+    @jax.jit
+    def fn(state, images):
+        return nnx.merge(graphdef, state)(images)
+
+    return lambda images: fn(state, images)
+
+
+def iter_batches(src: LabelledImages, batch_size: int, transform: Callable):
+    """Yields (images [batch_size, ...] float32, n_valid, labels [n_valid]) over the readable images, in
+    order; unreadable ones are skipped (the source warns); the last batch is zero-padded."""
+    ims, labs = [], []
+    for i in range(len(src)):
+        rec = src.record(i)
+        if rec is not None:
+            ims.append(transform(rec[0]))
+            labs.append(rec[1])
+        if len(ims) == batch_size or (i == len(src) - 1 and ims):
+            n = len(ims)
+            batch = np.stack(ims)
+            if n < batch_size:
+                batch = np.concatenate([batch, np.zeros((batch_size - n,) + batch.shape[1:], batch.dtype)])
+            yield batch, n, np.asarray(labs, np.int64)
+            ims, labs = [], []
+
+
+def extract_features(fn: Callable, source, *, batch_size: int = 256, image_size: int = 224,
+                     resize_size: int = 256, max_samples: int | None = None, progress: bool = True,
+                     desc: str = "features"):
+    """Run `fn` (images -> array or pytree of [B, ...] arrays) over a labelled source with the eval
+    transform. Returns (features: same pytree of float32 numpy [N, ...], labels [N] int64), N = readable
+    images."""
+    from tqdm.auto import tqdm
+
+    from dinov2_jax.data.augmentations import eval_transform
+
+    src = load_labelled_source(source, max_samples=max_samples)
+    bs = min(batch_size, len(src))
+    transform = lambda im: eval_transform(im, resize_size=resize_size, crop_size=image_size)
+    chunks, labels = [], []
+    total = -(-len(src) // bs)
+    for ims, n, labs in tqdm(iter_batches(src, bs, transform), total=total, desc=desc, disable=not progress):
+        out = jax.device_get(fn(ims))
+        chunks.append(jax.tree.map(lambda a: np.asarray(a[:n], np.float32), out))
+        labels.append(labs)
+    if not chunks:
+        raise ValueError(f"no readable image in dataset {source!r}")
+    feats = jax.tree.map(lambda *a: np.concatenate(a), *chunks)
+    return feats, np.concatenate(labels)
+
+
+def classification_train_transform(image, rng: np.random.Generator, crop_size: int = 224,
+                                   scale=(0.08, 1.0)) -> np.ndarray:
+    """Official linear-probe train transform: RandomResizedCrop(crop_size, scale, bicubic), horizontal
+    flip p=0.5, ImageNet normalisation -> float32 [crop_size, crop_size, 3]."""
+    from dinov2_jax.data import augmentations as aug
+
+    img = aug.to_pil_rgb(image)
+    top, left, h, w = aug.sample_resized_crop_params(rng, img.width, img.height, scale)
+    img = aug.resized_crop(img, top, left, h, w, crop_size)
+    if rng.random() < 0.5:
+        img = aug.hflip(img)
+    return aug.normalize(img)
+
+
+def make_augmented_batch_fn(feat_fn: Callable, src: LabelledImages, *, batch_size: int, crop_size: int = 224,
+                            seed: int = 0) -> Callable:
+    """`it -> (features of a freshly augmented batch, labels [B])`: reshuffled passes over the source
+    (full batches only, as the official infinite sampler with drop_last), augmentation RNG seeded by
+    (seed, iteration) so a run is reproducible."""
+    readable = np.flatnonzero(src.labels() >= 0)
+    n = len(readable)
+    if n < batch_size:
+        raise ValueError(f"train set has {n} readable samples < batch size {batch_size}; lower --batch-size")
+    per_pass = n // batch_size
+
+    def batch_fn(it: int):
+        order = readable[np.random.default_rng([seed, it // per_pass]).permutation(n)]
+        pos = (it % per_pass) * batch_size
+        rng = np.random.default_rng([seed, 1_000_003, it])
+        ims, labs = [], []
+        for j in range(n):  # normally exactly batch_size steps; more only past unreadable files
+            rec = src.record(int(order[(pos + j) % n]))
+            if rec is None:  # undecodable file (folder labels are listed without decoding): take the next
+                continue
+            ims.append(classification_train_transform(rec[0], rng, crop_size))
+            labs.append(rec[1])
+            if len(ims) == batch_size:
+                return feat_fn(np.stack(ims)), np.asarray(labs, np.int64)
+        raise ValueError(f"fewer than {batch_size} readable images in the train set")
+
+    return batch_fn

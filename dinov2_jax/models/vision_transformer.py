@@ -1,0 +1,231 @@
+"""DINOv2 Vision Transformer backbone in Flax NNX (official `DinoVisionTransformer`).
+
+Input images are NHWC `[B, H, W, C]`; H and W must be multiples of the patch size (ValueError naming
+the nearest valid sizes otherwise). Token order `[cls, reg_1..reg_R, patch_1..patch_N]`, patches
+row-major. Parameter names mirror the torch module names (see docs/design.md) so conversion is a
+rename + transpose. Blocks are stored flat (`blocks.{i}`); the official `block_chunks` layout only
+changes torch key names and is handled by `dinov2_jax.convert`.
+"""
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from dinov2_jax.models.layers.attention import resolve_attn_impl
+from dinov2_jax.models.layers.block import Block
+from dinov2_jax.models.layers.init import normal, trunc_normal
+from dinov2_jax.models.layers.norm import LayerNorm
+from dinov2_jax.models.layers.patch_embed import PatchEmbed, check_image_size
+from dinov2_jax.models.layers.pos_embed import interpolate_pos_embed
+
+REMAT_POLICIES = ("none", "full", "dots")
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+def _dtype_name(dtype) -> str:
+    name = jnp.dtype(dtype).name
+    if name not in _DTYPES:
+        raise ValueError(f"Unsupported compute dtype {name!r}; use one of {tuple(_DTYPES)}.")
+    return name
+
+
+class DinoVisionTransformer(nnx.Module):
+    """Official DINOv2 ViT. All constructor args except `rngs` are JSON-able and kept in `self.arch`.
+
+    `drop_path_rate`: per-block rates `linspace(0, rate, depth)` or uniform (`drop_path_uniform`);
+    active only when a `key` is passed to the forward (batch-subset stochastic depth).
+    `attn_impl`: "auto" | "xla" | "cudnn" | "pallas" (see layers/attention.py).
+    `dtype`: compute dtype of activations / matmuls (params stay float32; norms and softmax in float32).
+    `remat`: "none" | "full" | "dots" (rematerialise each block; "dots" saves matmul outputs).
+    """
+
+    def __init__(self, img_size: int = 224, patch_size: int = 16, in_chans: int = 3, embed_dim: int = 768,
+                 depth: int = 12, num_heads: int = 12, mlp_ratio: float = 4.0, qkv_bias: bool = True,
+                 ffn_bias: bool = True, proj_bias: bool = True, drop_path_rate: float = 0.0,
+                 drop_path_uniform: bool = False, init_values: float | None = None, ffn_layer: str = "mlp",
+                 num_register_tokens: int = 0, interpolate_antialias: bool = False,
+                 interpolate_offset: float = 0.1, attn_impl: str = "xla", dtype=jnp.float32,
+                 remat: str = "none", *, rngs: nnx.Rngs):
+        if remat not in REMAT_POLICIES:
+            raise ValueError(f"Unknown remat {remat!r}; choose one of {REMAT_POLICIES}.")
+        if num_register_tokens < 0:
+            raise ValueError(f"num_register_tokens must be >= 0, got {num_register_tokens}.")
+        if isinstance(dtype, str):
+            dtype = _DTYPES[_dtype_name(dtype)]
+        self.arch = dict(
+            img_size=img_size, patch_size=patch_size, in_chans=in_chans, embed_dim=embed_dim, depth=depth,
+            num_heads=num_heads, mlp_ratio=float(mlp_ratio), qkv_bias=qkv_bias, ffn_bias=ffn_bias,
+            proj_bias=proj_bias, drop_path_rate=float(drop_path_rate), drop_path_uniform=drop_path_uniform,
+            init_values=init_values, ffn_layer=ffn_layer, num_register_tokens=num_register_tokens,
+            interpolate_antialias=interpolate_antialias, interpolate_offset=float(interpolate_offset),
+            attn_impl=attn_impl, dtype=_dtype_name(dtype), remat=remat)
+        self.embed_dim = self.num_features = embed_dim
+        self.n_blocks = depth
+        self.num_heads = num_heads
+        self.patch_size = patch_size
+        self.num_register_tokens = num_register_tokens
+        self.interpolate_antialias = interpolate_antialias
+        self.interpolate_offset = float(interpolate_offset)
+        self.dtype = dtype
+        self.remat = remat
+        self.attn_impl = resolve_attn_impl(attn_impl)
+
+        self.patch_embed = PatchEmbed(patch_size, in_chans, embed_dim, dtype=dtype, rngs=rngs)
+        num_patches = (img_size // patch_size) ** 2
+        self.cls_token = nnx.Param(normal(1e-6)(rngs.params(), (1, 1, embed_dim)))
+        self.pos_embed = nnx.Param(trunc_normal(0.02)(rngs.params(), (1, num_patches + 1, embed_dim)))
+        self.register_tokens = (nnx.Param(normal(1e-6)(rngs.params(), (1, num_register_tokens, embed_dim)))
+                                if num_register_tokens else None)
+        self.mask_token = nnx.Param(jnp.zeros((1, embed_dim), jnp.float32))
+
+        if drop_path_uniform:
+            dpr = [float(drop_path_rate)] * depth
+        else:
+            dpr = np.linspace(0, drop_path_rate, depth).tolist()
+        self.drop_path_rates = dpr
+        self.blocks = nnx.List([
+            Block(embed_dim, num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, proj_bias=proj_bias,
+                  ffn_bias=ffn_bias, init_values=init_values, ffn_layer=ffn_layer, drop_path_rate=dpr[i],
+                  attn_impl=self.attn_impl, dtype=dtype, rngs=rngs)
+            for i in range(depth)
+        ])
+        self.norm = LayerNorm(embed_dim, eps=1e-6)
+
+    # ----------------------------------------------------------------------------------------------
+    def interpolate_pos_encoding(self, height: int, width: int) -> jax.Array:
+        """Position embedding for an `height x width` image: `[1, 1 + (H/p)*(W/p), D]` float32."""
+        return interpolate_pos_embed(self.pos_embed[...], height // self.patch_size, width // self.patch_size,
+                                     antialias=self.interpolate_antialias, offset=self.interpolate_offset)
+
+    def prepare_tokens_with_masks(self, x: jax.Array, masks: jax.Array | None = None) -> jax.Array:
+        """[B, H, W, C] (+ masks [B, N] bool) -> tokens [B, 1+R+N, D] in the compute dtype."""
+        if x.ndim != 4:
+            raise ValueError(f"Expected NHWC images [B, H, W, C], got shape {x.shape}.")
+        b, h, w, _ = x.shape
+        check_image_size(h, w, self.patch_size)
+        t = self.patch_embed(x)  # [B, N, D]
+        if masks is not None:
+            if masks.shape != t.shape[:2]:
+                raise ValueError(f"masks must be [B, N] = {t.shape[:2]}, got {masks.shape}.")
+            # Masked patches become the mask token BEFORE the pos-embed add (official order).
+            t = jnp.where(masks[..., None], self.mask_token[...].astype(t.dtype)[None], t)
+        cls = jnp.broadcast_to(self.cls_token[...].astype(t.dtype), (b, 1, t.shape[-1]))
+        t = jnp.concatenate([cls, t], axis=1)
+        t = t + self.interpolate_pos_encoding(h, w).astype(t.dtype)
+        if self.register_tokens is not None:
+            # Registers are inserted after the pos add: they carry no position embedding.
+            reg = jnp.broadcast_to(self.register_tokens[...].astype(t.dtype),
+                                   (b, self.num_register_tokens, t.shape[-1]))
+            t = jnp.concatenate([t[:, :1], reg, t[:, 1:]], axis=1)
+        return t
+
+    def _run_block(self, i: int, x: jax.Array, key: jax.Array | None) -> jax.Array:
+        blk = self.blocks[i]
+        if self.remat == "none":
+            return blk(x, key)
+        policy = jax.checkpoint_policies.checkpoint_dots if self.remat == "dots" else None
+        return nnx.remat(lambda m, y, k: m(y, k), policy=policy)(blk, x, key)
+
+    def _block_keys(self, key):
+        return [None] * self.n_blocks if key is None else list(jax.random.split(key, self.n_blocks))
+
+    def forward_features(self, x: jax.Array, masks: jax.Array | None = None, *, key: jax.Array | None = None):
+        """x [B, H, W, C] -> dict: x_norm_clstoken [B, D], x_norm_regtokens [B, R, D],
+        x_norm_patchtokens [B, N, D], x_prenorm [B, 1+R+N, D], masks (as given).
+
+        key None: deterministic. key given: stochastic depth with the per-block drop rates.
+        """
+        t = self.prepare_tokens_with_masks(x, masks)
+        for i, k in enumerate(self._block_keys(key)):
+            t = self._run_block(i, t, k)
+        t_norm = self.norm(t)
+        r = self.num_register_tokens
+        return {
+            "x_norm_clstoken": t_norm[:, 0],
+            "x_norm_regtokens": t_norm[:, 1:r + 1],
+            "x_norm_patchtokens": t_norm[:, r + 1:],
+            "x_prenorm": t,
+            "masks": masks,
+        }
+
+    def __call__(self, x: jax.Array, masks: jax.Array | None = None, *, key: jax.Array | None = None,
+                 is_training: bool = False):
+        """Official `forward`: the cls token [B, D], or the forward_features dict if `is_training`."""
+        out = self.forward_features(x, masks, key=key)
+        return out if is_training else out["x_norm_clstoken"]
+
+    def get_intermediate_layers(self, x: jax.Array, n: int | Sequence[int] = 1, reshape: bool = False,
+                                return_class_token: bool = False, norm: bool = True):
+        """Outputs of chosen blocks (deterministic, no masks), as the official method.
+
+        n: int -> the last n blocks; sequence -> those 0-based block indices (in block order).
+        Each entry: patch tokens [B, N, D] (registers dropped), or with `reshape` [B, D, H/p, W/p]
+        (the official channels-first layout). `norm` applies the final norm to each. With
+        `return_class_token` each entry is a pair (patches, cls [B, D]). Returns a tuple.
+        """
+        if isinstance(n, (int, np.integer)):
+            if not 1 <= n <= self.n_blocks:
+                raise ValueError(f"n={n} must be between 1 and depth={self.n_blocks}.")
+            take = list(range(self.n_blocks - n, self.n_blocks))
+        else:
+            take = sorted(int(i) for i in n)
+            bad = [i for i in take if not 0 <= i < self.n_blocks]
+            if bad:
+                raise ValueError(f"block indices {bad} out of range for depth {self.n_blocks}.")
+        b, h, w, _ = x.shape
+        t = self.prepare_tokens_with_masks(x)
+        outputs = []
+        for i in range(max(take) + 1):
+            t = self._run_block(i, t, None)
+            if i in take:
+                outputs.append(t)
+        if norm:
+            outputs = [self.norm(o) for o in outputs]
+        cls = [o[:, 0] for o in outputs]
+        patches = [o[:, 1 + self.num_register_tokens:] for o in outputs]
+        if reshape:
+            p = self.patch_size
+            patches = [o.reshape(b, h // p, w // p, -1).transpose(0, 3, 1, 2) for o in patches]
+        if return_class_token:
+            return tuple(zip(patches, cls))
+        return tuple(patches)
+
+
+# ---- official factories (mlp_ratio 4, head_dim 64) ----------------------------------------------
+def vit_small(patch_size: int = 16, num_register_tokens: int = 0, **kwargs) -> DinoVisionTransformer:
+    return _make(384, 12, 6, patch_size, num_register_tokens, kwargs)
+
+
+def vit_base(patch_size: int = 16, num_register_tokens: int = 0, **kwargs) -> DinoVisionTransformer:
+    return _make(768, 12, 12, patch_size, num_register_tokens, kwargs)
+
+
+def vit_large(patch_size: int = 16, num_register_tokens: int = 0, **kwargs) -> DinoVisionTransformer:
+    return _make(1024, 24, 16, patch_size, num_register_tokens, kwargs)
+
+
+def vit_giant2(patch_size: int = 16, num_register_tokens: int = 0, **kwargs) -> DinoVisionTransformer:
+    """Close to ViT-giant: 1536 dim, 24 heads (64 per head). Pass ffn_layer="swiglufused" as the official configs."""
+    return _make(1536, 40, 24, patch_size, num_register_tokens, kwargs)
+
+
+def _make(dim, depth, heads, patch_size, num_register_tokens, kwargs):
+    kwargs = dict(kwargs)
+    rngs = kwargs.pop("rngs", None) or nnx.Rngs(0)
+    for k, v in (("embed_dim", dim), ("depth", depth), ("num_heads", heads)):
+        kwargs.setdefault(k, v)
+    kwargs.setdefault("mlp_ratio", 4.0)
+    return DinoVisionTransformer(patch_size=patch_size, num_register_tokens=num_register_tokens, rngs=rngs,
+                                 **kwargs)
+
+
+ARCHS = {"vit_small": vit_small, "vit_base": vit_base, "vit_large": vit_large, "vit_giant2": vit_giant2}
+
+
+def build_backbone(arch: str, **kwargs) -> DinoVisionTransformer:
+    """`build_backbone("vit_small", patch_size=14, ...)`; kwargs as DinoVisionTransformer (+ `rngs`)."""
+    if arch not in ARCHS:
+        raise ValueError(f"Unknown arch {arch!r}; choose one of {tuple(ARCHS)}.")
+    return ARCHS[arch](**kwargs)

@@ -1,0 +1,323 @@
+"""Sharding rules: which mesh axes each parameter / optimizer-state / batch array is split over.
+
+Parameters (student, teacher, and the optimizer's mirrors of them such as Adam `mu`/`nu`) get a
+`PartitionSpec` from their path and shape only, so every mirror of a parameter gets the same spec:
+
+1. Tensor rules (only when the 'tensor' axis is > 1): regexes on the dotted path, Megatron style -
+   `attn.qkv` and `mlp.fc1`/`mlp.w12` kernels split their output dim, `attn.proj` and
+   `mlp.fc2`/`mlp.w3` kernels their input dim (biases of the column-split layers follow).
+2. FSDP (only when the 'fsdp' axis is > 1): arrays with at least `min_size` elements are split over
+   'fsdp' along their largest dim that is divisible by the fsdp size and not used by rule 1 (ties:
+   the earliest dim). Smaller or non-divisible arrays are replicated.
+3. Everything else (scalars, step counters, RNG keys, centers, small vectors) is replicated.
+
+With fsdp == tensor == 1 every array is replicated (plain data parallelism).
+
+The batch is split along its leading dim over ('data', 'fsdp'). Under `jit` with `Auto` mesh axes,
+GSPMD inserts the all-gathers / reduce-scatters these shardings imply; the train step itself is
+written for one device.
+
+Paths are dotted strings built from pytree keys (`opt_state.0.mu.blocks.3.attn.qkv.kernel`); the
+`.value` attribute of NNX variables is dropped.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any, Callable
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from dinov2_jax.parallel.mesh import BATCH_AXES, batch_axis_size
+
+log = logging.getLogger(__name__)
+
+# Arrays smaller than this many elements stay replicated under FSDP: sharding them saves little memory
+# and costs one collective each (biases, norms, LayerScale gammas, centers).
+DEFAULT_MIN_SIZE = 2**14
+
+# (regex searched in the dotted path, spec template of the same rank). Column-parallel layers split the
+# output features, row-parallel ones the input features, so one block needs a single reduction per MLP
+# and per attention (GSPMD inserts it).
+TENSOR_RULES: tuple[tuple[str, tuple[str | None, ...]], ...] = (
+    (r"(^|\.)attn\.qkv\.kernel$", (None, "tensor")),
+    (r"(^|\.)attn\.qkv\.bias$", ("tensor",)),
+    (r"(^|\.)attn\.proj\.kernel$", ("tensor", None)),
+    (r"(^|\.)mlp\.(fc1|w12)\.kernel$", (None, "tensor")),
+    (r"(^|\.)mlp\.(fc1|w12)\.bias$", ("tensor",)),
+    (r"(^|\.)mlp\.(fc2|w3)\.kernel$", ("tensor", None)),
+)
+
+
+def path_to_str(path: Sequence[Any]) -> str:
+    """Dotted name of a pytree key path; NNX's trailing `.value` is dropped."""
+    parts = []
+    for k in path:
+        if isinstance(k, jax.tree_util.DictKey):
+            parts.append(str(k.key))
+        elif isinstance(k, jax.tree_util.SequenceKey):
+            parts.append(str(k.idx))
+        elif isinstance(k, jax.tree_util.GetAttrKey):
+            parts.append(k.name)
+        elif isinstance(k, jax.tree_util.FlattenedIndexKey):
+            parts.append(str(k.key))
+        else:
+            parts.append(str(k))
+    if parts and parts[-1] in ("value", "raw_value"):
+        parts.pop()
+    return ".".join(parts)
+
+
+def _axis_size(mesh: Mesh | Mapping[str, int], name: str) -> int:
+    shape = mesh.shape if isinstance(mesh, Mesh) else mesh
+    return int(shape.get(name, 1))
+
+
+def param_spec(
+    path: str,
+    shape: Sequence[int],
+    mesh: Mesh | Mapping[str, int],
+    *,
+    min_size: int = DEFAULT_MIN_SIZE,
+    rules: Sequence[tuple[str, tuple[str | None, ...]]] = TENSOR_RULES,
+) -> P:
+    """PartitionSpec of one array named `path` with `shape` (rules in the module docstring).
+
+    `mesh` is a Mesh or a dict of axis sizes (so rules can be checked without devices).
+    """
+    shape = tuple(int(s) for s in shape)
+    spec: list[Any] = [None] * len(shape)
+    tensor = _axis_size(mesh, "tensor")
+    fsdp = _axis_size(mesh, "fsdp")
+    if tensor > 1:
+        for pattern, template in rules:
+            if re.search(pattern, path) and len(template) == len(shape):
+                ok = all(t is None or shape[i] % tensor == 0 for i, t in enumerate(template))
+                if ok:
+                    spec = list(template)
+                else:
+                    log.debug("%s %s: not divisible by tensor=%d, replicated over 'tensor'", path, shape, tensor)
+                break
+    if fsdp > 1 and math.prod(shape) >= min_size:
+        free = [i for i in range(len(shape)) if spec[i] is None and shape[i] % fsdp == 0]
+        if free:
+            best = max(free, key=lambda i: (shape[i], -i))  # largest; earliest on ties
+            spec[best] = "fsdp"
+        else:
+            log.debug("%s %s: no dim divisible by fsdp=%d, replicated", path, shape, fsdp)
+    while spec and spec[-1] is None:  # canonical form: P() for replicated
+        spec.pop()
+    return P(*spec)
+
+
+def param_specs(tree: Any, mesh: Mesh | Mapping[str, int], **kw) -> Any:
+    """PartitionSpec for every leaf of `tree` (arrays, ShapeDtypeStructs, NNX state, optax state)."""
+
+    def one(path, leaf):
+        return param_spec(path_to_str(path), np.shape(leaf), mesh, **kw)
+
+    return jax.tree_util.tree_map_with_path(one, tree)
+
+
+def param_shardings(tree: Any, mesh: Mesh, **kw) -> Any:
+    """NamedSharding for every leaf of `tree` on `mesh` (same structure as `tree`).
+
+    Works on concrete arrays and on `jax.eval_shape` outputs, so it can be used as `out_shardings`
+    to create a state that never exists unsharded. Keyword args go to `param_spec`.
+    """
+    return jax.tree.map(lambda spec: NamedSharding(mesh, spec), param_specs(tree, mesh, **kw),
+                        is_leaf=lambda x: isinstance(x, P))
+
+
+def shard_state(state: Any, mesh: Mesh, **kw) -> Any:
+    """`state` placed on `mesh` with `param_shardings`. Every process must pass identical values."""
+    return jax.device_put(state, param_shardings(state, mesh, **kw))
+
+
+def init_sharded(init_fn: Callable[..., Any], mesh: Mesh, *args, **kw) -> Any:
+    """Run `init_fn(*args)` under jit with sharded outputs: large states are born sharded.
+
+    `init_fn` must be jit-able and return a pytree of arrays (e.g. `lambda k: create_train_state(cfg, k)`).
+    Keyword args go to `param_spec`.
+    """
+    shapes = jax.eval_shape(init_fn, *args)
+    return jax.jit(init_fn, out_shardings=param_shardings(shapes, mesh, **kw))(*args)
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    """Sharding that keeps a full copy on every device."""
+    return NamedSharding(mesh, P())
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+    """Leading (example) dim split over ('data', 'fsdp'); other dims whole."""
+    return NamedSharding(mesh, P(BATCH_AXES))
+
+
+def batch_shardings(batch: Mapping[str, Any], mesh: Mesh, replicated_keys: Sequence[str] = ()) -> dict:
+    """Per-key shardings for a batch dict: arrays of rank >= 1 split on the leading dim (which must be
+    divisible by the number of batch shards); scalars and `replicated_keys` replicated."""
+    n = batch_axis_size(mesh)
+    out = {}
+    for k, v in batch.items():
+        shape = np.shape(v)
+        if k in replicated_keys or len(shape) == 0:
+            out[k] = replicated(mesh)
+            continue
+        if shape[0] % n != 0:
+            raise ValueError(
+                f"batch['{k}'] has leading dim {shape[0]}, not divisible by the {n} batch shards "
+                f"(mesh data*fsdp); use a per-device batch size so that it is, or list '{k}' in replicated_keys."
+            )
+        out[k] = batch_sharding(mesh)
+    return out
+
+
+def make_global_batch(local_batch: Mapping[str, Any], mesh: Mesh, replicated_keys: Sequence[str] = ()) -> dict:
+    """Host-local batch (numpy) -> global `jax.Array`s sharded with `batch_shardings`.
+
+    Each process passes its own slice of the batch (leading dim = global / process_count); the global
+    array is the concatenation of the processes' slices in process order. Scalars and
+    `replicated_keys` must be identical on every process (they are used as the global value).
+    Single process: equivalent to `jax.device_put(batch, batch_shardings(batch, mesh))`.
+    """
+    nproc = jax.process_count()
+    out = {}
+    for k, v in local_batch.items():
+        v = np.asarray(v)
+        if k in replicated_keys or v.ndim == 0:
+            sh = replicated(mesh)
+            out[k] = jax.make_array_from_process_local_data(sh, v, v.shape)
+            continue
+        sh = batch_sharding(mesh)
+        global_shape = (v.shape[0] * nproc,) + v.shape[1:]
+        n = batch_axis_size(mesh)
+        if global_shape[0] % n != 0:
+            raise ValueError(
+                f"batch['{k}']: global leading dim {global_shape[0]} ({v.shape[0]} per process x {nproc}) "
+                f"is not divisible by the {n} batch shards (mesh data*fsdp)."
+            )
+        out[k] = jax.make_array_from_process_local_data(sh, v, global_shape)
+    return out
+
+
+# DINOv2 batch (docs/design.md): per-example arrays stacked crop-major, and masked-token lists that
+# address the flattened [n_global_crops * B, N] mask array.
+DINOV2_CROP_KEYS = ("collated_global_crops", "collated_local_crops", "collated_masks")
+DINOV2_MASK_KEYS = ("mask_indices_list", "masks_weight", "n_masked_patches")
+
+
+def make_global_dinov2_batch(local_batch: Mapping[str, Any], mesh: Mesh, n_global_crops: int = 2) -> dict:
+    """Per-process DINOv2 batch (numpy, crop-major over this process's B_l images) -> global batch.
+
+    The result is what one process would have collated from all P * B_l images: crop-major rows
+    (`c * B + image`, images of process 0 first), split over ('data', 'fsdp'), and the masked-token
+    lists (`mask_indices_list`, `masks_weight`, `n_masked_patches`) recomputed for the global mask
+    array, with buffer size P x the per-process one (>= the global masked count since each process's
+    count fits its buffer). One process: the loader's arrays are used as they are (same values).
+    The per-process mask sampling is the official per-GPU one (spec 5.2, per process here).
+    """
+    missing = [k for k in DINOV2_CROP_KEYS + DINOV2_MASK_KEYS if k not in local_batch]
+    if missing:
+        raise KeyError(f"DINOv2 batch is missing {missing}; expected the keys of docs/design.md (Batch)")
+    nproc = jax.process_count()
+    if nproc == 1:
+        return make_global_batch(local_batch, mesh, replicated_keys=DINOV2_MASK_KEYS)
+    local = {k: np.asarray(v) for k, v in local_batch.items()}
+    n_rows_global = local["collated_global_crops"].shape[0]
+    if n_rows_global % n_global_crops:
+        raise ValueError(f"collated_global_crops has {n_rows_global} rows, not a multiple of {n_global_crops} crops")
+    b_local = n_rows_global // n_global_crops
+    crops = {}
+    n_crops = {}
+    for k in DINOV2_CROP_KEYS:
+        v = local[k]
+        if v.shape[0] % b_local:
+            raise ValueError(f"{k} has {v.shape[0]} rows, not a multiple of the {b_local} images per process")
+        n_crops[k] = v.shape[0] // b_local
+        global_shape = (v.shape[0] * nproc,) + v.shape[1:]
+        _check_process_contiguous(mesh, global_shape, k)
+        # process-major: rows [p * L, (p + 1) * L) hold process p's crop-major slice
+        crops[k] = jax.make_array_from_process_local_data(batch_sharding(mesh), v, global_shape)
+    ub = local["mask_indices_list"].shape[0] * nproc
+    fix = _dinov2_globalizer(mesh, nproc, b_local, tuple(sorted(n_crops.items())), ub)
+    out = fix(crops)
+    for k, v in local.items():  # anything else: per-example arrays split on the leading dim
+        if k not in out:
+            out.update(make_global_batch({k: v}, mesh))
+    return out
+
+
+def _check_process_contiguous(mesh: Mesh, global_shape: tuple[int, ...], key: str) -> None:
+    """Each process's batch rows must be one contiguous block for the process-major layout."""
+    rows: dict[int, set[tuple[int, int]]] = {}
+    for dev, idx in batch_sharding(mesh).devices_indices_map(global_shape).items():
+        sl = idx[0]
+        rows.setdefault(dev.process_index, set()).add((sl.start or 0, global_shape[0] if sl.stop is None else sl.stop))
+    per = global_shape[0] // len(rows)
+    for p, blocks in rows.items():
+        lo, hi = min(b[0] for b in blocks), max(b[1] for b in blocks)
+        covered = sum(b - a for a, b in blocks)
+        if hi - lo != per or covered != per:
+            raise ValueError(
+                f"{key}: process {p} holds batch rows {sorted(blocks)}, not one contiguous block of {per}; "
+                f"build the mesh with dinov2_jax.parallel.mesh.make_mesh (processes outermost on 'data').")
+
+
+@functools.lru_cache(maxsize=16)
+def _dinov2_globalizer(mesh: Mesh, nproc: int, b_local: int, n_crops: tuple[tuple[str, int], ...], ub: int):
+    """jitted: process-major crop arrays -> crop-major global batch + recomputed mask lists."""
+    n_crops_d = dict(n_crops)
+
+    def fix(crops):
+        out = {}
+        for k, x in crops.items():
+            c = n_crops_d[k]
+            x = x.reshape((nproc, c, b_local) + x.shape[1:])
+            out[k] = jax.numpy.swapaxes(x, 0, 1).reshape((nproc * c * b_local,) + x.shape[3:])
+        masks = out["collated_masks"]
+        n_tokens = masks.shape[1]
+        flat = masks.reshape(-1)
+        n = jax.numpy.sum(flat, dtype=jax.numpy.int32)
+        idx = jax.numpy.nonzero(flat, size=ub, fill_value=0)[0].astype(jax.numpy.int32)
+        per_crop = jax.numpy.sum(masks, axis=-1, dtype=jax.numpy.float32)
+        w = 1.0 / jax.numpy.maximum(per_crop, 1.0)
+        valid = jax.numpy.arange(ub) < n
+        out["mask_indices_list"] = idx
+        out["masks_weight"] = jax.numpy.where(valid, w[idx // n_tokens], 0.0).astype(jax.numpy.float32)
+        out["n_masked_patches"] = n
+        return out
+
+    shard = {k: batch_sharding(mesh) for k in DINOV2_CROP_KEYS}
+    shard.update({k: replicated(mesh) for k in DINOV2_MASK_KEYS})
+    return jax.jit(fix, out_shardings=shard)
+
+
+def bytes_per_device(tree: Any) -> dict[Any, int]:
+    """Bytes each device holds for the (sharded) arrays in `tree`: {device: bytes}."""
+    out: dict[Any, int] = {}
+    for leaf in jax.tree.leaves(tree):
+        if not isinstance(leaf, jax.Array):
+            continue
+        if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+            leaf = jax.random.key_data(leaf)
+        for s in leaf.addressable_shards:
+            out[s.device] = out.get(s.device, 0) + s.data.size * s.data.dtype.itemsize
+    return out
+
+
+def describe(tree: Any, mesh: Mesh | Mapping[str, int], **kw) -> list[tuple[str, tuple[int, ...], P]]:
+    """(path, shape, spec) for every leaf: to print / log the sharding plan."""
+    rows = []
+
+    def one(path, leaf):
+        name = path_to_str(path)
+        rows.append((name, tuple(np.shape(leaf)), param_spec(name, np.shape(leaf), mesh, **kw)))
+
+    jax.tree_util.tree_map_with_path(one, tree)
+    return rows

@@ -1,0 +1,64 @@
+"""`python -m dinov2_jax.train --config configs/quickstart.py [--config.KEY=VALUE ...]`
+
+Runs (or resumes, when `train.output_dir` already holds checkpoints) a DINOv2 training run.
+Runs under `absl.app.run` so that grain's worker processes find the flags parsed.
+Exit codes: 0 done or stopped by SIGTERM after saving, 1 diverged (NaN/inf loss), 2 bad config/input.
+"""
+from __future__ import annotations
+
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Config file (configs/*.py with get_config()); override keys with --config.KEY=VALUE.",
+    lock_config=True)
+
+
+def _parse_flags(argv):
+    """Checks `--config.KEY` names (clear error with close matches) before absl parses them."""
+    from dinov2_jax import config as config_lib
+
+    path = None
+    for i, arg in enumerate(argv):
+        if arg.startswith("--config="):
+            path = arg.split("=", 1)[1]
+        elif arg == "--config" and i + 1 < len(argv):
+            path = argv[i + 1]
+    if path is None:
+        print("error: --config is required, e.g. python -m dinov2_jax.train --config configs/quickstart.py",
+              file=sys.stderr)
+        sys.exit(2)
+    try:
+        config_lib.check_argv_overrides(config_lib.load_config_file(path), argv)
+    except (KeyError, FileNotFoundError, AttributeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    try:
+        return flags.FLAGS(argv)
+    except (flags.Error, TypeError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+def main(argv):
+    del argv
+    from dinov2_jax.train import trainer
+
+    cfg = _CONFIG.value
+    try:
+        result = trainer.train(cfg)
+    except trainer.TrainingDivergedError as e:
+        print(f"error: training diverged: {e}", file=sys.stderr, flush=True)
+        sys.exit(1)
+    except (FileNotFoundError, PermissionError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        sys.exit(2)
+    if result.stopped_by_signal:
+        print(f"Stopped by signal; checkpoint at iteration {result.next_iteration} saved.", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    app.run(main, flags_parser=_parse_flags)

@@ -1,0 +1,346 @@
+"""DINOv2 self-distillation: state creation and the pure, compiled-once train step (spec 2.5, 3, 4.1).
+
+    state = create_train_state(cfg, key)
+    train_step = jax.jit(make_train_step(cfg), donate_argnums=0)
+    state, metrics = train_step(state, batch, hparams)     # hparams = schedules.hparams_at(scheds, it)
+
+One step = official `forward_backward` + per-submodule clip + AdamW + EMA teacher update:
+  teacher (no grad, no masks, no drop path) on the 2 global crops -> cls tokens SWAPPED by crop for the
+  DINO targets, patch tokens gathered at `mask_indices_list` (same crop) for the iBOT targets, both through
+  the teacher head(s); targets by softmax centering (lagged EMA centers, state) or Sinkhorn-Knopp;
+  student on the global crops (with masks) and the local crops (separately: the official packed forward
+  is token-wise equivalent), stochastic depth keys from `state.rng`;
+  loss = w_dino*(dino_local + dino_global) + koleo + w_ibot*ibot, with the official normalisations;
+  grads -> clip each submodule to `optim.clip_grad` -> AdamW with per-parameter multipliers ->
+  teacher <- mom*teacher + (1-mom)*student (skipped for a frozen pretrained teacher) -> centers updated.
+Shapes are static for a config (padded masked-token buffer of `upperbound` rows), so the step compiles once.
+Parameters are float32; the forward runs in `cfg.compute_precision.compute_dtype`; losses, softmax,
+centering and Sinkhorn run in float32.
+"""
+from typing import Any, Callable, Dict, Optional, Tuple
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+from flax import nnx
+
+from dinov2_jax.losses import centering as C
+from dinov2_jax.losses.dino_loss import dino_loss
+from dinov2_jax.losses.ibot_loss import ibot_masked_loss
+from dinov2_jax.losses.koleo_loss import koleo_loss
+from dinov2_jax.models.dino_head import DINOHead
+from dinov2_jax.models.vision_transformer import build_backbone
+from dinov2_jax.train.ema import ema_update
+from dinov2_jax.train.optimizer import apply_updates, clip_by_submodule, make_adam
+from dinov2_jax.train.param_groups import build_param_multipliers
+from dinov2_jax.train.state import TrainState
+
+N_GLOBAL_CROPS = 2  # hard-coded in the official code
+BATCH_KEYS = ("collated_global_crops", "collated_local_crops", "collated_masks", "mask_indices_list",
+              "masks_weight", "n_masked_patches")
+HPARAM_KEYS = ("lr", "wd", "mom", "teacher_temp", "last_layer_lr")
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+# ---------------------------------------------------------------------------------------------------
+# models
+def compute_dtype(cfg: ml_collections.ConfigDict):
+    name = str(cfg.compute_precision.compute_dtype)
+    if name not in _DTYPES:
+        raise ValueError(f"compute_precision.compute_dtype={name!r}; use one of {sorted(_DTYPES)}")
+    return _DTYPES[name]
+
+
+def is_frozen_teacher(cfg: ml_collections.ConfigDict) -> bool:
+    """Distillation: a pretrained teacher (teacher.pretrained_weights) is frozen, never EMA-updated."""
+    return bool(cfg.teacher.get("pretrained_weights", ""))
+
+
+def _backbone_kwargs(cfg, teacher: bool, arch_overrides: Optional[Dict[str, Any]]) -> Tuple[str, Dict[str, Any]]:
+    s = cfg.student
+    arch = s.arch.removesuffix("_memeff")
+    if teacher and cfg.teacher.get("arch", ""):
+        arch = cfg.teacher.arch.removesuffix("_memeff")
+    kw = dict(img_size=cfg.crops.global_crops_size, patch_size=s.patch_size, init_values=s.layerscale,
+              ffn_layer=s.ffn_layer, qkv_bias=s.qkv_bias, proj_bias=s.proj_bias, ffn_bias=s.ffn_bias,
+              num_register_tokens=s.num_register_tokens, interpolate_antialias=s.interpolate_antialias,
+              interpolate_offset=s.interpolate_offset, attn_impl=s.attn_impl, remat=s.remat,
+              dtype=compute_dtype(cfg))
+    if not teacher:  # only the student gets stochastic depth (official build_model)
+        kw.update(drop_path_rate=s.drop_path_rate, drop_path_uniform=s.drop_path_uniform)
+    kw.update(arch_overrides or {})
+    return arch, kw
+
+
+def build_modules(cfg, key: jax.Array, *, teacher: bool = False,
+                  arch_overrides: Optional[Dict[str, Any]] = None) -> Dict[str, nnx.Module]:
+    """{"backbone", "dino_head"[, "ibot_head"]} NNX modules of the student (or the teacher).
+
+    `arch_overrides`: extra backbone kwargs (e.g. `embed_dim=32, depth=2, num_heads=2` for tiny test
+    models); they apply to student and teacher alike.
+    """
+    if not cfg.dino.loss_weight > 0:
+        raise ValueError("dino.loss_weight must be > 0: the official SSLMetaArch has no DINO-free path "
+                         "(its local-crop term always uses the DINO loss).")
+    arch, kw = _backbone_kwargs(cfg, teacher, arch_overrides)
+    k_bb, k_dh, k_ih = jax.random.split(key, 3)
+    backbone = build_backbone(arch, rngs=nnx.Rngs(k_bb), **kw)
+    d = backbone.embed_dim
+    dt = compute_dtype(cfg)
+    mods = {"backbone": backbone,
+            "dino_head": DINOHead(d, cfg.dino.head_n_prototypes, nlayers=cfg.dino.head_nlayers,
+                                  hidden_dim=cfg.dino.head_hidden_dim, bottleneck_dim=cfg.dino.head_bottleneck_dim,
+                                  dtype=dt, rngs=nnx.Rngs(k_dh))}
+    if cfg.ibot.loss_weight > 0 and cfg.ibot.separate_head:
+        mods["ibot_head"] = DINOHead(d, cfg.ibot.head_n_prototypes, nlayers=cfg.ibot.head_nlayers,
+                                     hidden_dim=cfg.ibot.head_hidden_dim,
+                                     bottleneck_dim=cfg.ibot.head_bottleneck_dim, dtype=dt, rngs=nnx.Rngs(k_ih))
+    return mods
+
+
+def _split(mods: Dict[str, nnx.Module]):
+    graphdefs, params = {}, {}
+    for name, m in mods.items():
+        g, p, rest = nnx.split(m, nnx.Param, ...)
+        if len(jax.tree_util.tree_leaves(rest)):
+            raise ValueError(f"{name} holds non-parameter state; the train step only carries nnx.Param")
+        graphdefs[name], params[name] = g, p.to_pure_dict()
+    return graphdefs, params
+
+
+def _merge(graphdef, params) -> nnx.Module:
+    return nnx.merge(graphdef, nnx.State(params))
+
+
+def ibot_out_dim(cfg) -> int:
+    return cfg.ibot.head_n_prototypes if cfg.ibot.separate_head else cfg.dino.head_n_prototypes
+
+
+# ---------------------------------------------------------------------------------------------------
+# state
+def create_train_state(cfg, key: jax.Array, *, mesh=None,
+                       arch_overrides: Optional[Dict[str, Any]] = None) -> TrainState:
+    """Fresh state: random student, teacher = copy of the student (official `prepare_for_distributed_training`).
+
+    With distillation (`teacher.pretrained_weights` set) the teacher is built from `teacher.arch` and
+    must be filled with the pretrained weights by the caller (e.g. `state.replace(teacher=...)`).
+    `mesh`: if given, the state is placed with `dinov2_jax.parallel.sharding.shard_state`.
+    """
+    k_model, k_teacher, k_rng = jax.random.split(key, 3)
+    _, student = _split(build_modules(cfg, k_model, arch_overrides=arch_overrides))
+    if is_frozen_teacher(cfg) and cfg.teacher.get("arch", "") and cfg.teacher.arch != cfg.student.arch:
+        _, teacher = _split(build_modules(cfg, k_teacher, teacher=True, arch_overrides=arch_overrides))
+    else:
+        teacher = jax.tree.map(jnp.copy, student)
+    adam = make_adam(cfg.optim.adamw_beta1, cfg.optim.adamw_beta2)
+    k = cfg.dino.head_n_prototypes
+    state = TrainState(student=student, teacher=teacher, opt_state=adam.init(student),
+                       dino_center=C.init_center_state(k), ibot_center=C.init_center_state(ibot_out_dim(cfg)),
+                       step=jnp.zeros((), jnp.int32), rng=k_rng)
+    if mesh is not None:
+        from dinov2_jax.parallel.sharding import shard_state
+        state = shard_state(state, mesh)
+    return state
+
+
+# ---------------------------------------------------------------------------------------------------
+# step
+def _check_batch(batch, n_local: int):
+    missing = [k for k in BATCH_KEYS if k not in batch]
+    if missing:
+        raise KeyError(f"batch is missing {missing}; expected the keys of docs/design.md (Batch)")
+    g = batch["collated_global_crops"]
+    if g.ndim != 4 or g.shape[0] % N_GLOBAL_CROPS:
+        raise ValueError(f"collated_global_crops must be [2B, S, S, 3], got {g.shape}")
+    b = g.shape[0] // N_GLOBAL_CROPS
+    loc = batch["collated_local_crops"]
+    if loc.shape[0] != n_local * b:
+        raise ValueError(f"collated_local_crops has {loc.shape[0]} rows, expected crops.local_crops_number "
+                         f"({n_local}) x B ({b})")
+    if batch["collated_masks"].shape[0] != 2 * b:
+        raise ValueError(f"collated_masks must be [2B, N] with 2B={2 * b}, got {batch['collated_masks'].shape}")
+    u = batch["mask_indices_list"].shape
+    if len(u) != 1 or batch["masks_weight"].shape != u:
+        raise ValueError(f"mask_indices_list and masks_weight must both be [upperbound], got {u} and "
+                         f"{batch['masks_weight'].shape}")
+    return b
+
+
+def make_train_step(cfg, *, arch_overrides: Optional[Dict[str, Any]] = None,
+                    frozen_teacher: Optional[bool] = None,
+                    num_groups: Optional[int] = None) -> Callable:
+    """Returns the pure `train_step(state, batch, hparams) -> (state, metrics)` (wrap it in jax.jit).
+
+    frozen_teacher: skip the EMA update (distillation from a pretrained teacher). Default:
+      `teacher.pretrained_weights` is set.
+    num_groups: data-parallel shards for the per-GPU quantities (KoLeo, iBOT center). Default: global
+      batch / `train.batch_size_per_gpu`, i.e. exactly the official per-GPU batches.
+    hparams: {"lr", "wd", "mom", "teacher_temp", "last_layer_lr"} float32 scalars.
+    metrics: dino_local_crops_loss, dino_global_crops_loss, koleo_loss (displayed /2), ibot_loss (/2),
+      total_loss (sum of the displayed values, as official), loss (the optimised value),
+      grad_norm/{backbone, dino_head[, ibot_head]} (before clipping), n_masked_patches.
+    """
+    frozen = is_frozen_teacher(cfg) if frozen_teacher is None else bool(frozen_teacher)
+    # graph structure (no real arrays) of student and teacher modules
+    key0 = jax.random.key(0)
+    s_graph, s_abs = _split(nnx.eval_shape(lambda: build_modules(cfg, key0, arch_overrides=arch_overrides)))
+    t_graph, _ = _split(nnx.eval_shape(lambda: build_modules(cfg, key0, teacher=True,
+                                                            arch_overrides=arch_overrides)))
+    if not frozen and cfg.teacher.get("arch", "") and cfg.teacher.arch != cfg.student.arch:
+        raise ValueError(f"teacher.arch={cfg.teacher.arch!r} differs from student.arch={cfg.student.arch!r}: "
+                         "an EMA teacher must match the student; set teacher.pretrained_weights for distillation")
+    depth = len(s_abs["backbone"]["blocks"])
+    mults = build_param_multipliers(s_abs, depth, cfg.optim.layerwise_decay, cfg.optim.patch_embed_lr_mult)
+    adam = make_adam(cfg.optim.adamw_beta1, cfg.optim.adamw_beta2)
+
+    n_local = int(cfg.crops.local_crops_number)
+    w_dino, w_ibot, w_koleo = float(cfg.dino.loss_weight), float(cfg.ibot.loss_weight), float(cfg.dino.koleo_loss_weight)
+    do_ibot, do_koleo = w_ibot > 0, w_koleo > 0
+    separate = bool(cfg.ibot.separate_head) and do_ibot
+    centering = cfg.train.centering
+    if centering not in ("centering", "sinkhorn_knopp"):
+        raise ValueError(f"train.centering={centering!r}; use 'centering' or 'sinkhorn_knopp'")
+    n_local_terms = max(n_local * N_GLOBAL_CROPS, 1)
+    n_global_terms = (N_GLOBAL_CROPS - 1) * N_GLOBAL_CROPS
+    n_terms = n_local_terms + n_global_terms
+    clip = float(cfg.optim.clip_grad or 0.0)
+    bs_per_gpu = int(cfg.train.batch_size_per_gpu)
+
+    def groups_for(b: int) -> int:
+        if num_groups is not None:
+            g = int(num_groups)
+        else:
+            if b % bs_per_gpu:
+                raise ValueError(f"global batch {b} is not a multiple of train.batch_size_per_gpu={bs_per_gpu}; "
+                                 "pass num_groups= to make_train_step")
+            g = b // bs_per_gpu
+        if b % g:
+            raise ValueError(f"batch {b} does not split into num_groups={g} equal shards")
+        return g
+
+    def teacher_targets(state: TrainState, batch, temp, valid, group_ids, G):
+        tp = state.teacher
+        bb = _merge(t_graph["backbone"], tp["backbone"])
+        out = bb.forward_features(batch["collated_global_crops"])  # eval: no masks, no drop path
+        cls = out["x_norm_clstoken"]  # [2B, D]
+        b = cls.shape[0] // 2
+        cls = jnp.concatenate([cls[b:], cls[:b]], axis=0)  # swapped: student crop 1 <-> teacher crop 2
+        patches = out["x_norm_patchtokens"]
+        flat = patches.reshape(-1, patches.shape[-1])
+        # zero buffer rows past n_masked, like the official zero-initialised buffer
+        buf = jnp.where(valid[:, None], flat[batch["mask_indices_list"]], 0).astype(flat.dtype)
+        dino_head = _merge(t_graph["dino_head"], tp["dino_head"])
+        if not do_ibot:
+            t_cls, t_patch = dino_head(cls), None
+        elif separate:
+            t_cls = dino_head(cls)
+            t_patch = _merge(t_graph["ibot_head"], tp["ibot_head"])(buf)
+        else:
+            both = dino_head(jnp.concatenate([cls, buf], axis=0))
+            t_cls, t_patch = both[: 2 * b], both[2 * b:]
+        t_cls = t_cls.astype(jnp.float32)
+        dino_c, ibot_c = state.dino_center, state.ibot_center
+        p_patch = None
+        if centering == "centering":
+            dino_c = C.apply_pending(dino_c)
+            p_cls = C.softmax_centered(t_cls, dino_c.center, temp)
+            dino_c = C.set_pending(dino_c, C.dino_batch_center(t_cls))
+            if do_ibot:
+                t_patch = t_patch.astype(jnp.float32)
+                ibot_c = C.apply_pending(ibot_c)
+                p_patch = C.softmax_centered(t_patch, ibot_c.center, temp)
+                ibot_c = C.set_pending(ibot_c, C.ibot_batch_center(t_patch, valid, group_ids, G))
+        else:
+            p_cls = C.sinkhorn_knopp(t_cls, temp)
+            if do_ibot:
+                p_patch = C.sinkhorn_knopp(t_patch.astype(jnp.float32), temp, valid=valid)
+        p_cls = jax.lax.stop_gradient(p_cls).reshape(N_GLOBAL_CROPS, b, -1)
+        if p_patch is not None:
+            p_patch = jax.lax.stop_gradient(p_patch)
+        return p_cls, p_patch, dino_c, ibot_c
+
+    def loss_fn(student, batch, p_cls, p_patch, valid, key, G):
+        g_crops = batch["collated_global_crops"]
+        b = g_crops.shape[0] // 2
+        k_g, k_l = jax.random.split(key)
+        bb = _merge(s_graph["backbone"], student["backbone"])
+        dino_head = _merge(s_graph["dino_head"], student["dino_head"])
+        g_out = bb.forward_features(g_crops, batch["collated_masks"], key=k_g)
+        g_cls = g_out["x_norm_clstoken"]  # [2B, D]
+        head_in = [g_cls]
+        if n_local > 0:
+            l_cls = bb.forward_features(batch["collated_local_crops"], key=k_l)["x_norm_clstoken"]  # [nL*B, D]
+            head_in.insert(0, l_cls)
+        if do_ibot:
+            patches = g_out["x_norm_patchtokens"]
+            flat = patches.reshape(-1, patches.shape[-1])
+            # Padded rows keep the token at index 0 instead of the official zeros: their loss terms are
+            # masked out either way (zero gradient), and an all-zero row would hit the L2-normalisation
+            # at ||x|| = 0, whose derivative is 0 * inf = NaN under autodiff.
+            buf = flat[batch["mask_indices_list"]]
+            if not separate:
+                head_in.append(buf)
+        # one head call on all rows (the official packed call; the head is token-wise)
+        sizes = [x.shape[0] for x in head_in]
+        head_out = dino_head(jnp.concatenate(head_in, axis=0)).astype(jnp.float32)
+        pieces, o = [], 0
+        for s in sizes:
+            pieces.append(head_out[o:o + s])
+            o += s
+        if n_local > 0:
+            s_local = pieces.pop(0)
+        s_global = pieces.pop(0)
+        if do_ibot:
+            s_patch = pieces.pop(0) if not separate else \
+                _merge(s_graph["ibot_head"], student["ibot_head"])(buf).astype(jnp.float32)
+
+        parts = {}
+        total = 0.0
+        if n_local > 0:
+            parts["dino_local_crops_loss"] = dino_loss(s_local.reshape(n_local, b, -1), p_cls) / n_terms
+            total += w_dino * parts["dino_local_crops_loss"]
+        parts["dino_global_crops_loss"] = dino_loss(s_global[None], p_cls.reshape(1, 2 * b, -1)) * 2 / n_terms
+        total += w_dino * parts["dino_global_crops_loss"]
+        if do_koleo:
+            # per global crop (never across the two crops of an image), per data-parallel shard
+            koleo = w_koleo * sum(koleo_loss(g_cls[c * b:(c + 1) * b], G) for c in range(N_GLOBAL_CROPS))
+            total += koleo
+            parts["koleo_loss"] = koleo / 2  # displayed as official
+        if do_ibot:
+            ibot = ibot_masked_loss(s_patch, p_patch, batch["masks_weight"], batch["n_masked_patches"], 2 * b)
+            ibot = ibot * 2 * (1.0 / N_GLOBAL_CROPS)
+            total += w_ibot * ibot
+            parts["ibot_loss"] = ibot / 2
+        return total, parts
+
+    def train_step(state: TrainState, batch: Dict[str, Any], hparams: Dict[str, Any]):
+        missing = [k for k in HPARAM_KEYS if k not in hparams]
+        if missing:
+            raise KeyError(f"hparams missing {missing}; use dinov2_jax.train.schedules.hparams_at")
+        b = _check_batch(batch, n_local)
+        G = groups_for(b)
+        hp = {k: jnp.asarray(hparams[k], jnp.float32) for k in HPARAM_KEYS}
+        u = batch["mask_indices_list"].shape[0]
+        n_masked = jnp.asarray(batch["n_masked_patches"], jnp.int32).reshape(())
+        batch = dict(batch, n_masked_patches=n_masked, mask_indices_list=batch["mask_indices_list"].astype(jnp.int32))
+        valid = jnp.arange(u) < n_masked
+        n_tok = batch["collated_masks"].shape[1]
+        group_ids = ((batch["mask_indices_list"] // n_tok) % b) // (b // G)  # data shard of each masked row
+
+        p_cls, p_patch, dino_c, ibot_c = teacher_targets(state, batch, hp["teacher_temp"], valid, group_ids, G)
+        rng, k_step = jax.random.split(state.rng)
+        (loss, parts), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            state.student, batch, p_cls, p_patch, valid, k_step, G)
+        grads, norms = clip_by_submodule(grads, clip)
+        student, opt_state = apply_updates(state.student, grads, state.opt_state, adam, mults, hp)
+        teacher = state.teacher if frozen else ema_update(state.teacher, student, hp["mom"])
+        new_state = state.replace(student=student, teacher=teacher, opt_state=opt_state, dino_center=dino_c,
+                                  ibot_center=ibot_c, step=state.step + 1, rng=rng)
+        metrics = dict(parts)
+        metrics["total_loss"] = sum(parts.values())
+        metrics["loss"] = loss
+        metrics.update({f"grad_norm/{k}": v for k, v in norms.items()})
+        metrics["n_masked_patches"] = n_masked
+        return new_state, metrics
+
+    return train_step

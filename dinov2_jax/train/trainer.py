@@ -1,0 +1,442 @@
+"""The DINOv2 training loop: mesh, data, state, jitted step, schedules, logs, checkpoints, eval.
+
+`train(cfg)` runs (or resumes) a whole run in `cfg.train.output_dir`:
+
+* iterations `it = start .. last`, where a full run has `last = optim.epochs * OFFICIAL_EPOCH_LENGTH`
+  (official quirk: the loop also runs `it == max_iter`, with the schedules' final values) and
+  `train.max_iterations > 0` stops after `max_iterations` iterations (schedules unchanged);
+* hyper-parameters of iteration `it` are `hparams_at(schedules, it)` (host floats -> f32 scalars, so
+  the step compiles once);
+* every `train.checkpoint_period` iterations, at the end and on SIGTERM: an Orbax checkpoint
+  `ckpt/<it+1>` with the train state, the data-iterator state and the merged config;
+* a restart with the same `output_dir` restores the newest checkpoint and continues exactly
+  (same batches, same random keys, same losses);
+* every `evaluation.eval_period_iterations`: the teacher is exported to `eval/training_<it>/` in the
+  converter's format and, if `evaluation.knn_train_dataset` is set, evaluated with k-NN;
+* a non-finite loss stops the run with `TrainingDivergedError` naming the iteration; nothing computed
+  after the last good checkpoint is saved.
+
+The pieces that belong to other modules (objective, data, export) are reached through `Components`
+so the loop itself can be tested with a toy objective.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import signal
+import threading
+import time
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from dinov2_jax import config as config_lib
+from dinov2_jax.train.checkpoint import Checkpointer
+from dinov2_jax.train.metrics_logger import MetricsLogger
+
+
+class TrainingDivergedError(RuntimeError):
+    """The loss became NaN or infinite."""
+
+
+@dataclasses.dataclass
+class Components:
+    """What the loop needs from the objective, data and export modules (defaults: the real ones)."""
+
+    create_train_state: Callable[..., Any]  # (cfg, key, mesh=mesh) -> state pytree
+    make_train_step: Callable[..., Callable]  # (cfg) -> step(state, batch, hparams) -> (state, metrics)
+    build_schedules: Callable[[Any], dict]  # cfg -> {name: np.ndarray}
+    hparams_at: Callable[[dict, int], dict]  # (schedules, it) -> {name: float}
+    make_train_loader: Callable[..., Any]  # (cfg, seed=...) -> iterator with get_state/set_state
+    export_teacher: Callable[..., None] | None = None  # (state, cfg, out_dir) -> None
+    teacher_backbone: Callable[..., Any] | None = None  # (state, cfg) -> callable images -> [B, D]
+
+
+ARCH_OVERRIDE_KEYS = ("embed_dim", "depth", "num_heads", "mlp_ratio")
+
+
+def arch_overrides(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
+    """Backbone size overrides from `student.{embed_dim,depth,num_heads,mlp_ratio}` (JAX extras used by
+    tiny configs such as quickstart; absent keys keep the `student.arch` preset)."""
+    return {k: cfg.student[k] for k in ARCH_OVERRIDE_KEYS if k in cfg.student}
+
+
+def default_components() -> Components:
+    from dinov2_jax.data.pipeline import make_train_loader
+    from dinov2_jax.train import train_step as ts
+    from dinov2_jax.train.schedules import build_schedules, hparams_at
+
+    def create_train_state(cfg, key, mesh=None):
+        state = ts.create_train_state(cfg, key, mesh=mesh, arch_overrides=arch_overrides(cfg))
+        if ts.is_frozen_teacher(cfg):
+            state = state.replace(teacher=load_pretrained_teacher(cfg, state.teacher))
+        return state
+
+    def make_train_step(cfg):
+        # donate the old state: its buffers are reused for the new one (halves peak state memory)
+        return jax.jit(ts.make_train_step(cfg, arch_overrides=arch_overrides(cfg)), donate_argnums=0)
+
+    return Components(create_train_state=create_train_state, make_train_step=make_train_step,
+                      build_schedules=build_schedules, hparams_at=hparams_at,
+                      make_train_loader=make_train_loader, export_teacher=export_teacher,
+                      teacher_backbone=lambda state, cfg: eval_modules(state, cfg)["backbone"])
+
+
+def _modules_from_params(cfg, params: dict, *, teacher: bool) -> dict:
+    """NNX modules {"backbone", "dino_head"[, "ibot_head"]} of the given arch, holding `params`."""
+    from flax import nnx
+
+    from dinov2_jax.train.train_step import build_modules
+
+    abstract = nnx.eval_shape(lambda: build_modules(cfg, jax.random.key(0), teacher=teacher,
+                                                    arch_overrides=arch_overrides(cfg)))
+    out = {}
+    for name, params_i in params.items():
+        graphdef, abstract_params, rest = nnx.split(abstract[name], nnx.Param, ...)
+        if jax.tree.leaves(rest):
+            raise ValueError(f"{name}: unexpected non-parameter state in the module")
+        state = nnx.State(jax.tree.map(jnp.asarray, params_i))
+        out[name] = nnx.merge(graphdef, state, rest)
+    return out
+
+
+def eval_modules(state, cfg) -> dict:
+    """The modules to evaluate / export: the EMA teacher, or with a frozen pretrained teacher
+    (distillation) the student, which is what that run produces."""
+    from dinov2_jax.train.train_step import is_frozen_teacher
+
+    if is_frozen_teacher(cfg):
+        return _modules_from_params(cfg, jax.device_get(state.student), teacher=False)
+    return _modules_from_params(cfg, jax.device_get(state.teacher), teacher=True)
+
+
+@dataclasses.dataclass
+class TrainResult:
+    start_iteration: int  # first iteration this call ran
+    next_iteration: int  # first iteration a resumed run would run
+    last_iteration: int  # last iteration of the full run
+    stopped_by_signal: bool
+    losses: dict[int, float]  # iteration -> total loss, for the iterations this call ran
+    final_record: dict[str, float] | None
+
+
+def iteration_range(cfg: ml_collections.ConfigDict, schedule_len: int) -> int:
+    """Index of the last iteration to run (inclusive)."""
+    if cfg.train.max_iterations > 0:
+        return int(cfg.train.max_iterations) - 1
+    return schedule_len  # official: `while iteration <= max_iter`, one step past the schedule
+
+
+def check_output_dir(path: str) -> str:
+    """Creates `path` and checks it is writable; returns the absolute path."""
+    path = os.path.abspath(path)
+    try:
+        os.makedirs(path, exist_ok=True)
+        probe = os.path.join(path, f".write_test_{os.getpid()}")
+        with open(probe, "w") as f:
+            f.write("ok")
+        os.remove(probe)
+    except OSError as e:
+        raise PermissionError(
+            f"train.output_dir={path!r} is not writable ({e.strerror}); pass "
+            f"--config.train.output_dir=<a writable directory>") from None
+    return path
+
+
+def check_dataset_spec(spec: str, key: str = "train.dataset_path") -> None:
+    """Early, clear error for a dataset that cannot exist (the loader checks the rest)."""
+    if not spec:
+        raise ValueError(f"{key} is empty; use 'folder:PATH', 'tfds:NAME:SPLIT[:DATA_DIR]' or 'demo'")
+    if spec.startswith("folder:"):
+        path = spec[len("folder:"):]
+        if not os.path.isdir(path):
+            raise FileNotFoundError(
+                f"{key}={spec!r}: directory {path!r} does not exist; point it at an image folder "
+                f"(e.g. ImageNet train/) or use 'demo' for the built-in data")
+
+
+class _StopFlag:
+    """Set by SIGTERM/SIGINT handlers; the loop finishes the current step, saves and returns."""
+
+    def __init__(self):
+        self.signum: int | None = None
+        self._old = {}
+
+    def install(self):
+        if threading.current_thread() is not threading.main_thread():
+            return self  # signal handlers can only be set from the main thread
+        for s in (signal.SIGTERM,):
+            self._old[s] = signal.signal(s, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.signum = signum
+
+    def restore(self):
+        for s, h in self._old.items():
+            signal.signal(s, h)
+
+
+def _to_float_dict(tree: dict) -> dict[str, float]:
+    return {k: float(v) for k, v in tree.items()}
+
+
+def _tree_all_finite(tree: Any) -> bool:
+    leaves = [x for x in jax.tree.leaves(tree)
+              if hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jnp.floating)]
+    return bool(all(bool(jnp.all(jnp.isfinite(x))) for x in leaves))
+
+
+def _loss_of(metrics: dict[str, float]) -> float:
+    for k in ("total_loss", "loss"):
+        if k in metrics:
+            return metrics[k]
+    raise KeyError(f"train step metrics have neither 'total_loss' nor 'loss': {sorted(metrics)}")
+
+
+def _put_batch(batch: dict, mesh) -> dict:
+    if mesh is None:
+        return jax.device_put(batch)
+    from dinov2_jax.parallel.sharding import make_global_batch
+
+    # Masked-token indices address the flattened global batch: they are global values, not per-example.
+    replicated = [k for k in ("mask_indices_list", "masks_weight", "n_masked_patches") if k in batch]
+    return make_global_batch(batch, mesh, replicated_keys=replicated)
+
+
+def build_mesh(cfg: ml_collections.ConfigDict):
+    """Device mesh from `cfg.mesh`; checks the global batch splits evenly over the batch shards."""
+    from dinov2_jax.parallel.mesh import batch_axis_size, make_mesh
+
+    mesh = make_mesh(cfg.mesh)
+    n = batch_axis_size(mesh)
+    global_batch = cfg.train.batch_size_per_gpu * jax.device_count()
+    if global_batch % n:
+        raise ValueError(
+            f"global batch {global_batch} (train.batch_size_per_gpu={cfg.train.batch_size_per_gpu} x "
+            f"{jax.device_count()} devices) is not divisible by the {n} batch shards of mesh {dict(mesh.shape)}")
+    return mesh
+
+
+def train(cfg: ml_collections.ConfigDict, components: Components | None = None, *,
+          stream=None, use_mesh: bool = True) -> TrainResult:
+    """Runs or resumes the run of `cfg` (not yet finalized: the LR scaling rule is applied here)."""
+    world = jax.device_count()
+    cfg = config_lib.finalize_config(cfg, world)
+    output_dir = check_output_dir(cfg.train.output_dir)
+    check_dataset_spec(cfg.train.dataset_path)
+    if cfg.train.batch_size_per_gpu < 1:
+        raise ValueError(f"train.batch_size_per_gpu must be >= 1, got {cfg.train.batch_size_per_gpu}")
+    comp = components or default_components()  # after the input checks: they need no heavy imports
+    config_lib.save_config(cfg, output_dir)
+    config_json = config_lib.config_to_json(cfg)
+
+    logger = MetricsLogger(output_dir, total_iters=0, stream=stream)
+    mesh = build_mesh(cfg) if use_mesh else None
+    schedules = comp.build_schedules(cfg)
+    schedule_len = len(schedules["lr"])
+    last_it = iteration_range(cfg, schedule_len)
+    logger.total_iters = last_it + 1
+
+    key = jax.random.key(cfg.train.seed)
+    state = (comp.create_train_state(cfg, key, mesh=mesh) if mesh is not None
+             else comp.create_train_state(cfg, key))
+    ckpt = Checkpointer(os.path.join(output_dir, "ckpt"), max_to_keep=cfg.train.max_to_keep)
+    data_state = None
+    start_it = 0
+    latest = ckpt.latest_step()
+    if latest is not None:
+        state, data_state, saved_cfg = ckpt.restore(latest, state)
+        start_it = latest
+        changed = config_lib.config_diff(config_lib.config_from_json(json.dumps(saved_cfg)), cfg)
+        logger.info(f"Resuming from {ckpt.directory}/{latest} (iteration {start_it})"
+                    + (f"; config keys changed since that checkpoint: {changed}" if changed else ""))
+    else:
+        logger.info(f"Starting a new run in {output_dir} (lr {cfg.optim.lr:.6g} = base_lr "
+                    f"{cfg.optim.base_lr} x sqrt({cfg.train.batch_size_per_gpu * world}/1024))")
+
+    if start_it > last_it:
+        logger.info(f"Run already complete (next iteration {start_it} > last {last_it}); nothing to do.")
+        ckpt.close()
+        logger.close()
+        return TrainResult(start_it, start_it, last_it, False, {}, None)
+
+    loader = comp.make_train_loader(cfg, seed=cfg.train.seed)
+    if data_state is not None:
+        loader.set_state(data_state)
+    step_fn = comp.make_train_step(cfg)
+    stop = _StopFlag().install()
+    global_batch = cfg.train.batch_size_per_gpu * world
+
+    losses: dict[int, float] = {}
+    record = None
+    pending: tuple[int, Any] | None = None  # (iteration, device metrics) not yet checked on host
+    last_saved = latest
+    t_window = time.time()
+    n_window = 0
+    data_time = 0.0
+
+    def kept() -> str:
+        if last_saved is None:
+            return "No checkpoint had been saved yet"
+        return f"The last good checkpoint ({ckpt.directory}/{last_saved}) is intact"
+
+    def drain():
+        """Pulls the pending metrics to host, stops on a non-finite loss, feeds the logger."""
+        nonlocal pending
+        if pending is None:
+            return
+        it_p, m = pending
+        pending = None
+        m = _to_float_dict(jax.device_get(m))
+        loss = _loss_of(m)
+        if not math.isfinite(loss):
+            raise TrainingDivergedError(
+                f"loss is {loss} at iteration {it_p}; stopping. {kept()}; try a lower "
+                f"optim.base_lr, optim.adamw_beta2=0.99 or student.drop_path_rate=0.1.")
+        losses[it_p] = loss
+        logger.update(m)
+
+    def save(step: int):
+        nonlocal last_saved
+        if not _tree_all_finite(state):
+            raise TrainingDivergedError(
+                f"the train state after iteration {step - 1} holds NaN/inf values; not saving it. "
+                f"{kept()}.")
+        ckpt.save(step, state, loader.get_state(), config_json)
+        last_saved = step
+
+    try:
+        it = start_it
+        for it in range(start_it, last_it + 1):
+            t_data = time.time()
+            batch = next(loader)
+            data_time = time.time() - t_data
+            hp = {k: np.float32(v) for k, v in comp.hparams_at(schedules, it).items()}
+            state, metrics = step_fn(state, _put_batch(batch, mesh), hp)
+            metrics = dict(metrics)
+            for k, v in hp.items():
+                metrics.setdefault(k, v)
+            drain()  # previous step's metrics; this step's compute overlaps the transfer
+            pending = (it, metrics)
+            n_window += 1
+            is_last = it == last_it
+            do_log = (it + 1) % cfg.train.log_period == 0 or is_last or it == start_it
+            do_ckpt = (it + 1) % cfg.train.checkpoint_period == 0 or is_last or stop.signum is not None
+            period = cfg.evaluation.eval_period_iterations
+            do_eval = period > 0 and (it + 1) % period == 0
+            if do_log or do_ckpt or do_eval:
+                drain()
+            if do_log:
+                dt = time.time() - t_window
+                record = logger.log(it, {
+                    "last_total_loss": losses[it],  # this iteration's value (the rest are window medians)
+                    "iter_time": dt / max(n_window, 1), "data_time": data_time,
+                    "images_per_s": global_batch * n_window / max(dt, 1e-9),
+                    "current_batch_size": cfg.train.batch_size_per_gpu,
+                })
+                t_window, n_window = time.time(), 0
+            if do_eval:
+                run_periodic_eval(cfg, comp, state, it, output_dir, logger)
+            if do_ckpt:
+                save(it + 1)
+            if stop.signum is not None:
+                logger.info(f"Received signal {stop.signum} at iteration {it}: saved checkpoint "
+                            f"{ckpt.directory}/{it + 1}; exiting. Restart with the same "
+                            f"train.output_dir to resume.")
+                break
+        drain()
+    finally:
+        stop.restore()
+        ckpt.close()  # waits for the last asynchronous save
+        logger.close()
+    return TrainResult(start_it, (last_saved or 0), last_it, stop.signum is not None, losses, record)
+
+
+def run_periodic_eval(cfg, comp: Components, state, it: int, output_dir: str, logger: MetricsLogger) -> None:
+    """Teacher export to `eval/training_<it>/` (+ k-NN if `evaluation.knn_train_dataset` is set)."""
+    out_dir = os.path.join(output_dir, "eval", f"training_{it}")
+    if comp.export_teacher is not None:
+        comp.export_teacher(state, cfg, out_dir)
+        logger.info(f"Exported the teacher to {out_dir}")
+    if cfg.evaluation.knn_train_dataset:
+        if comp.teacher_backbone is None:
+            raise ValueError("evaluation.knn_train_dataset is set but no teacher_backbone component is given")
+        from dinov2_jax.eval.knn import knn_eval
+
+        val = cfg.evaluation.knn_val_dataset or cfg.evaluation.knn_train_dataset
+        model_fn = comp.teacher_backbone(state, cfg)
+        results = knn_eval(model_fn, cfg.evaluation.knn_train_dataset, val,
+                           image_size=cfg.evaluation.get("knn_image_size", 224),
+                           resize_size=cfg.evaluation.get("knn_resize_size", 256),
+                           max_samples=cfg.evaluation.get("knn_max_samples", None) or None,
+                           nb_knn=tuple(cfg.evaluation.get("knn_nb_knn", (10, 20, 100, 200))),
+                           progress=False)
+        os.makedirs(out_dir, exist_ok=True)
+        with open(os.path.join(out_dir, "results_eval_knn.json"), "a") as f:
+            for k, v in results.items():
+                f.write(json.dumps({k: v}) + "\n")
+        with open(os.path.join(output_dir, "knn_metrics.json"), "a") as f:
+            f.write(json.dumps({"iteration": it, **results}) + "\n")
+        logger.info(f"k-NN at iteration {it}: " + ", ".join(f"{k}={v:.2f}" for k, v in results.items()
+                                                           if "Top 1" in k))
+
+
+def export_teacher(state, cfg, out_dir: str) -> str:
+    """Writes the evaluated model (backbone + heads) to `out_dir` in the converter's format
+    (`arch.json`, `heads.json`, `params/`); `python -m dinov2_jax.convert OUT x.pth --to-pth --teacher`
+    turns it into the official `teacher_checkpoint.pth` layout."""
+    import shutil
+
+    from dinov2_jax.convert import save_converted
+
+    if os.path.exists(out_dir):  # left by a run that crashed before its next checkpoint: redo it
+        shutil.rmtree(out_dir)
+    mods = eval_modules(state, cfg)
+    backbone = mods.pop("backbone")
+    return save_converted(backbone, out_dir, heads=mods)
+
+
+def load_pretrained_teacher(cfg, like_teacher: dict) -> dict:
+    """Frozen distillation teacher from `teacher.pretrained_weights`: a converted directory
+    (`python -m dinov2_jax.convert`, or an `eval/training_*` export) or an official `.pth`
+    teacher checkpoint. It must hold the heads too (the targets are the teacher's head outputs) and
+    match `teacher.arch` (+ the head sizes of the config)."""
+    from flax import nnx
+
+    from dinov2_jax import convert
+
+    path = cfg.teacher.pretrained_weights
+    if os.path.isdir(path):
+        model, heads = convert.load_converted(path, with_heads=True)
+    elif os.path.isfile(path):
+        import torch
+
+        obj = torch.load(path, map_location="cpu", weights_only=False)
+        model, heads, _ = convert.convert_torch_checkpoint(obj)
+    else:
+        raise FileNotFoundError(f"teacher.pretrained_weights={path!r} does not exist (a converted directory "
+                                f"or a teacher_checkpoint.pth)")
+    params = {"backbone": nnx.state(model, nnx.Param).to_pure_dict()}
+    for name, head in heads.items():
+        params[name] = nnx.state(head, nnx.Param).to_pure_dict()
+    missing = sorted(set(like_teacher) - set(params))
+    if missing:
+        raise ValueError(f"teacher.pretrained_weights={path!r} has no {missing}: distillation needs the "
+                         f"teacher's heads (use a training export eval/training_*/ or a teacher_checkpoint.pth)")
+    params = {k: params[k] for k in like_teacher}
+    bad = []
+    for (p, want), got in zip(jax.tree_util.tree_flatten_with_path(like_teacher)[0], jax.tree.leaves(params)):
+        if tuple(want.shape) != tuple(np.shape(got)):
+            bad.append(f"{jax.tree_util.keystr(p)}: checkpoint {np.shape(got)} vs config {tuple(want.shape)}")
+    if jax.tree.structure(like_teacher) != jax.tree.structure(params) or bad:
+        raise ValueError(f"teacher.pretrained_weights={path!r} does not match teacher.arch="
+                         f"{cfg.teacher.arch or cfg.student.arch!r} / the head config: " + "; ".join(bad[:10]))
+    # keep the shardings of the freshly built teacher
+    return jax.tree.map(lambda w, x: jax.device_put(jnp.asarray(x, w.dtype), getattr(w, "sharding", None)),
+                        like_teacher, params)

@@ -1,0 +1,169 @@
+"""Checker run in a subprocess with 8 simulated CPU devices (see test_sharding.py).
+
+    XLA_FLAGS=--xla_force_host_platform_device_count=8 JAX_PLATFORMS=cpu python tests/parallel/multidevice_check.py mlp
+
+Trains the same model for a few steps on one device and on a (data=2, fsdp=4) mesh from the same
+initial state and batches; prints one JSON line: loss / param max-abs differences and the
+per-device bytes of params + optimizer state relative to the unsharded size.
+"""
+import json
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from dinov2_jax.parallel.mesh import make_mesh
+from dinov2_jax.parallel.sharding import bytes_per_device, make_global_batch, param_shardings, shard_state
+
+N_STEPS = 4
+
+
+def tree_bytes(tree):
+    leaves = [jax.random.key_data(x) if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key) else x
+              for x in jax.tree.leaves(tree)]
+    return sum(x.size * x.dtype.itemsize for x in leaves)
+
+
+def _np(x):
+    if isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+        x = jax.random.key_data(x)
+    return np.asarray(x, np.float64)
+
+
+def max_diff(a, b):
+    return max(float(np.max(np.abs(_np(x) - _np(y)), initial=0.0))
+               for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+def compare(state0, step, batches, mesh, min_size=None, replicated_keys=()):
+    """Run `step` N times on device 0 and on `mesh`; returns the result dict."""
+    dev0 = jax.devices()[0]
+    s1 = jax.device_put(state0, dev0)
+    step1 = jax.jit(step)
+    losses1 = []
+    for b in batches:
+        s1, loss = step1(s1, jax.device_put(b, dev0))
+        losses1.append(float(loss))
+
+    kw = {} if min_size is None else {"min_size": min_size}
+    sh = param_shardings(state0, mesh, **kw)
+    sN = shard_state(state0, mesh, **kw)
+    stepN = jax.jit(step, in_shardings=(sh, None), out_shardings=(sh, None))
+    lossesN = []
+    for b in batches:
+        sN, loss = stepN(sN, make_global_batch(b, mesh, replicated_keys=replicated_keys))
+        lossesN.append(float(loss))
+    per_dev = bytes_per_device(sN)
+    sharded = sum(1 for x in jax.tree.leaves(sN) if not x.sharding.is_fully_replicated)
+    moved = max_diff(s1, state0)
+    return {
+        "max_param_change": moved,
+        "n_devices": jax.device_count(),
+        "losses_1": losses1,
+        "losses_mesh": lossesN,
+        "max_loss_diff": float(np.max(np.abs(np.array(losses1) - np.array(lossesN)))),
+        "max_param_diff": max_diff(s1, sN),
+        "bytes_ratio": max(per_dev.values()) / tree_bytes(state0),
+        "sharded_leaves": sharded,
+        "loss_decreased": losses1[-1] < losses1[0],
+    }
+
+
+def mlp_case(mesh):
+    dims = [256, 256, 256, 256]
+    key = jax.random.key(0)
+    ks = jax.random.split(key, 8)
+    params = {f"l{i}": {"kernel": jax.random.normal(ks[i], (dims[i], dims[i + 1])) / 16.0,
+                        "bias": jnp.zeros((dims[i + 1],))} for i in range(3)}
+    tx = optax.adamw(1e-3, weight_decay=0.05)
+    state = {"params": params, "opt": tx.init(params)}
+
+    def loss_fn(p, x, y):
+        h = x
+        for i in range(3):
+            h = h @ p[f"l{i}"]["kernel"] + p[f"l{i}"]["bias"]
+            if i < 2:
+                h = jax.nn.gelu(h, approximate=False)
+        return jnp.mean((h - y) ** 2)
+
+    def step(s, b):
+        loss, g = jax.value_and_grad(loss_fn)(s["params"], b["x"], b["y"])
+        upd, opt = tx.update(g, s["opt"], s["params"])
+        return {"params": optax.apply_updates(s["params"], upd), "opt": opt}, loss
+
+    rng = np.random.default_rng(0)
+    batches = [{"x": rng.standard_normal((16, 256)).astype(np.float32),
+                "y": rng.standard_normal((16, 256)).astype(np.float32)} for _ in range(N_STEPS)]
+    return compare(state, step, batches, mesh)
+
+
+def dino_batch(rng, B, n_local, g_size, l_size, patch, mask_ub):
+    """A DINOv2 batch (docs/design.md layout) with random crops and masks on half of the global crops."""
+    n_tok = (g_size // patch) ** 2
+    masks = np.zeros((2 * B, n_tok), bool)
+    for i in rng.permutation(2 * B)[:B]:
+        masks[i, rng.permutation(n_tok)[: rng.integers(1, n_tok // 2 + 1)]] = True
+    flat = np.flatnonzero(masks)
+    assert flat.size <= mask_ub
+    idx = np.zeros(mask_ub, np.int32)
+    idx[: flat.size] = flat
+    w = np.zeros(mask_ub, np.float32)
+    w[: flat.size] = (np.float32(1) / np.maximum(masks.sum(-1), 1).astype(np.float32))[flat // n_tok]
+    return {
+        "collated_global_crops": rng.standard_normal((2 * B, g_size, g_size, 3)).astype(np.float32),
+        "collated_local_crops": rng.standard_normal((n_local * B, l_size, l_size, 3)).astype(np.float32),
+        "collated_masks": masks, "mask_indices_list": idx, "masks_weight": w,
+        "n_masked_patches": np.asarray(flat.size, np.int32),
+    }
+
+
+def dino_case(mesh, min_size):
+    """helper C's DINOv2 train step on a tiny ViT: 1 device vs the mesh, same state and batches."""
+    from configs.ssl_default import get_config
+    from dinov2_jax.train.train_step import create_train_state, make_train_step
+
+    cfg = get_config()
+    cfg.student.arch = "vit_small"
+    cfg.student.patch_size = 8
+    cfg.student.drop_path_rate = 0.1  # stochastic depth on: keys must give the same masks on the mesh
+    cfg.student.attn_impl = "xla"
+    for head in (cfg.dino, cfg.ibot):
+        head.head_n_prototypes, head.head_hidden_dim, head.head_bottleneck_dim = 256, 128, 64
+    cfg.crops.global_crops_size, cfg.crops.local_crops_size, cfg.crops.local_crops_number = 32, 16, 2
+    B = 8
+    cfg.train.batch_size_per_gpu = 2  # 4 KoLeo / iBOT-center groups, the same on 1 device and the mesh
+    arch = dict(embed_dim=64, depth=2, num_heads=2)
+    state0 = jax.device_get(create_train_state(cfg, jax.random.key(0), arch_overrides=arch))
+    step = make_train_step(cfg, arch_overrides=arch)
+    hp = {"lr": np.float32(1e-3), "wd": np.float32(0.04), "mom": np.float32(0.99),
+          "teacher_temp": np.float32(0.05), "last_layer_lr": np.float32(1e-3)}
+    rng = np.random.default_rng(0)
+    batches = [dino_batch(rng, B, 2, 32, 16, 8, mask_ub=B * 16) for _ in range(N_STEPS)]
+
+    def step2(s, b):
+        s, m = step(s, b, hp)
+        return s, m["loss"]
+
+    res = compare(state0, step2, batches, mesh, min_size=min_size,
+                  replicated_keys=("mask_indices_list", "masks_weight", "n_masked_patches"))
+    # how far the params moved: the differences must be small against this
+    return res
+
+
+def main():
+    case = sys.argv[1]
+    assert jax.device_count() == 8, f"need 8 devices, got {jax.device_count()} (set XLA_FLAGS)"
+    mesh = make_mesh({"data": 2, "fsdp": 4, "tensor": 1})
+    if case == "mlp":
+        res = mlp_case(mesh)
+    elif case == "dino":
+        res = dino_case(mesh, min_size=int(sys.argv[2]) if len(sys.argv) > 2 else 2048)
+    else:
+        raise SystemExit(f"unknown case {case!r}")
+    print(json.dumps(res))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,65 @@
+"""Feature extraction CLI on a few generated images with a tiny model: shapes, names, values, PCA png."""
+import numpy as np
+import pytest
+from flax import nnx
+from PIL import Image
+
+from dinov2_jax import extract, hub
+from dinov2_jax.data.augmentations import eval_transform
+from dinov2_jax.models.vision_transformer import DinoVisionTransformer
+
+
+def tiny_model(registers=2):
+    return DinoVisionTransformer(img_size=42, patch_size=14, embed_dim=32, depth=2, num_heads=2,
+                                 init_values=1.0, num_register_tokens=registers, rngs=nnx.Rngs(0))
+
+
+def make_images(root, n=5):
+    rng = np.random.default_rng(0)
+    (root / "sub").mkdir(parents=True)
+    names = []
+    for i in range(n):
+        h, w = rng.integers(50, 90, 2)
+        im = np.zeros((h, w, 3), np.uint8) + rng.integers(0, 60, 3).astype(np.uint8)
+        im[h // 4 : 3 * h // 4, w // 4 : 3 * w // 4] = rng.integers(150, 255, 3)  # a bright "object"
+        name = f"img{i}.png" if i % 2 else f"sub/img{i}.jpg"
+        Image.fromarray(im).save(root / name)
+        names.append(name)
+    (root / "notes.txt").write_text("not an image")
+    return sorted(names)
+
+
+def test_extract_cli_outputs_and_pca(tmp_path, monkeypatch):
+    names = make_images(tmp_path / "imgs")
+    model = tiny_model()
+    monkeypatch.setattr(hub, "load_for_eval", lambda *a, **k: model)
+    out, png = tmp_path / "o" / "feats.npz", tmp_path / "pca.png"
+    assert extract.main(["--images", str(tmp_path / "imgs"), "--out", str(out), "--batch-size", "2",
+                         "--image-size", "42", "--pca-png", str(png)]) == 0
+    z = np.load(out)
+    assert sorted(z.files) == ["cls", "files", "patch_tokens", "register_tokens"]
+    assert list(z["files"]) == names
+    assert z["cls"].shape == (5, 32) and z["patch_tokens"].shape == (5, 3, 3, 32)
+    assert z["register_tokens"].shape == (5, 2, 32)
+    # values equal a direct forward of the official eval preprocessing (resize 48 = 42*256/224, crop 42)
+    for i, name in enumerate(names):
+        x = eval_transform(Image.open(tmp_path / "imgs" / name), resize_size=48, crop_size=42)[None]
+        ref = model.forward_features(x)
+        np.testing.assert_allclose(z["cls"][i], np.asarray(ref["x_norm_clstoken"][0]), atol=1e-5)
+        np.testing.assert_allclose(z["patch_tokens"][i].reshape(9, 32), np.asarray(ref["x_norm_patchtokens"][0]),
+                                   atol=1e-5)
+    im = np.asarray(Image.open(png))
+    assert im.shape[0] > 5 * 42 and im.shape[1] > 2 * 42
+    assert len(np.unique(im.reshape(-1, 3), axis=0)) > 10  # not blank
+
+
+def test_extract_without_patch_tokens_and_bad_size(tmp_path):
+    make_images(tmp_path / "imgs", n=3)
+    res = extract.extract_folder(tiny_model(registers=0), str(tmp_path / "imgs"), batch_size=8, image_size=28,
+                                 progress=False)
+    assert sorted(res) == ["cls", "files"] and res["cls"].shape == (3, 32)
+    with pytest.raises(ValueError, match="multiple of the patch size 14"):
+        extract.extract_folder(tiny_model(), str(tmp_path / "imgs"), image_size=30, progress=False)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="no image files"):
+        extract.list_images(str(tmp_path / "empty"))
