@@ -21,6 +21,8 @@ setup(
         "tensorboardX",
         "matplotlib",
         "scikit-image",
+        "scipy",
+        "absl-py",
     ],
     extras_require={
         # torch only for weight conversion and parity tests; pinned to the CPU wheel our machines carry.

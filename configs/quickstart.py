@@ -60,4 +60,5 @@ def get_config():
     c.evaluation.knn_resize_size = 64
     c.evaluation.knn_max_samples = 0  # 0 = all
     c.evaluation.knn_nb_knn = (10, 20)
+    c.evaluation.knn_at_start = True  # also k-NN the random-init model: the baseline the README compares to
     return c

@@ -11,13 +11,10 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 try:
     import torch
 
-    for schema in (
-        "torchvision::nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor",
-        "torchvision::qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor",
-    ):
+    for name in ("torchvision::nms", "torchvision::qnms"):
         try:
-            torch.library.define(schema)
-        except RuntimeError:
-            pass  # already defined (real torchvision ops present)
+            torch.library.define(name, "(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+        except Exception:  # already defined (real torchvision ops present)
+            pass
 except ImportError:  # torch is an optional extra
     pass

@@ -63,3 +63,24 @@ def test_extract_without_patch_tokens_and_bad_size(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="no image files"):
         extract.list_images(str(tmp_path / "empty"))
+
+
+def test_extract_cli_with_converted_weights(tmp_path):
+    """No monkeypatching: official-layout .pth -> convert CLI -> extract CLI --weights DIR."""
+    torch = pytest.importorskip("torch")
+    import os
+
+    from dinov2_jax import convert
+
+    z = np.load(os.path.join(os.path.dirname(__file__), "eval", "fixtures", "tiny_official_vit.npz"))
+    torch.save({k[3:]: torch.from_numpy(z[k]) for k in z.files if k.startswith("sd/")}, tmp_path / "t.pth")
+    assert convert.main([str(tmp_path / "t.pth"), str(tmp_path / "conv"), "--set", "num_heads=2"]) == 0
+    make_images(tmp_path / "imgs", n=3)
+    out = tmp_path / "f.npz"
+    assert extract.main(["--weights", str(tmp_path / "conv"), "--images", str(tmp_path / "imgs"),
+                         "--out", str(out), "--image-size", "56", "--patch-tokens"]) == 0
+    f = np.load(out)
+    assert f["cls"].shape == (3, 32) and f["patch_tokens"].shape == (3, 4, 4, 32)
+    assert f["register_tokens"].shape == (3, 4, 32)
+    with pytest.raises(SystemExit, match="--weights is required"):
+        extract.main(["--images", str(tmp_path / "imgs"), "--out", str(out)])

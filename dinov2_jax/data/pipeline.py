@@ -15,7 +15,6 @@ padded with `valid=False` rows (also used for unreadable images) so all batches 
 from __future__ import annotations
 
 import dataclasses
-import logging
 import math
 import random
 from typing import Any
@@ -27,7 +26,6 @@ from dinov2_jax.data.augmentations import DataAugmentationDINO, eval_transform
 from dinov2_jax.data.masking import MaskingGenerator, collate, mask_upperbound
 from dinov2_jax.data.sources import make_source
 
-logger = logging.getLogger(__name__)
 
 
 def ensure_absl_flags_parsed() -> None:
@@ -110,6 +108,14 @@ def shuffled_shard(src, seed: int, process_index: int, process_count: int) -> gr
     return grain.MapDataset.source(src).shuffle(seed=seed).repeat()[process_index::process_count]
 
 
+def _check_some_readable(src, seed: int, probe: int = 16) -> None:
+    """Fail fast instead of spinning forever when no image decodes (the loader skips unreadable ones)."""
+    order = np.random.default_rng(seed).permutation(len(src))[:probe]
+    if all(src[int(i)] is None for i in order):
+        raise ValueError(f"none of {len(order)} sampled images of the dataset could be decoded; check the "
+                         "dataset path/format (see the warnings above for the files and errors)")
+
+
 def make_train_loader(cfg, *, seed: int | None = None, process_index: int | None = None,
                       process_count: int | None = None, batch_size_per_process: int | None = None,
                       num_workers: int | None = None, source: Any = None, prefetch_buffer_size: int = 2):
@@ -132,6 +138,7 @@ def make_train_loader(cfg, *, seed: int | None = None, process_index: int | None
     if len(src) < process_count:
         raise ValueError(f"dataset has {len(src)} images, fewer than the {process_count} processes")
 
+    _check_some_readable(src, seed)
     aug = DataAugmentationDINO.from_config(cfg.crops)
     grid = aug.global_crops_size // int(cfg.student.patch_size)
     n_tokens = grid * grid

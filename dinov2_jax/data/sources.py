@@ -132,21 +132,36 @@ class TfdsSource:
         if self.image_key is None:
             raise ValueError(f"TFDS dataset {name!r} has no Image feature (features: {list(features)})")
         self.label_key = "label" if "label" in features else None
+        self.name, self.split, self.data_dir = name, split, data_dir or None
         try:
-            self.ds = tfds.data_source(name, split=split, data_dir=data_dir or None,
-                                       decoders={self.image_key: tfds.decode.SkipDecoding()})
+            self._ds = self._open()
         except Exception as e:
             raise ValueError(f"cannot open TFDS dataset {name!r} split {split!r} (data_dir={data_dir!r}): {e}. "
                              "The dataset must be prepared with file_format='array_record'.") from e
-        if len(self.ds) == 0:
+        self._len = len(self._ds)
+        if self._len == 0:
             raise ValueError(f"TFDS dataset {name!r} split {split!r} is empty")
         self.skipped = SkippedCounter(f"tfds:{name}:{split}")
 
+    def _open(self):
+        import tensorflow_datasets as tfds
+
+        return tfds.data_source(self.name, split=self.split, data_dir=self.data_dir,
+                                decoders={self.image_key: tfds.decode.SkipDecoding()})
+
+    def __getstate__(self):
+        # grain workers get the source pickled: send the spec, reopen the files in the worker
+        state = dict(self.__dict__)
+        state["_ds"] = None
+        return state
+
     def __len__(self) -> int:
-        return len(self.ds)
+        return self._len
 
     def __getitem__(self, i: int):
-        ex = self.ds[i]
+        if self._ds is None:
+            self._ds = self._open()
+        ex = self._ds[i]
         try:
             img = decode_image(ex[self.image_key])
         except Exception as e:
@@ -165,7 +180,8 @@ class DemoSource:
     Sample i: class i % 10; a random crop (area 25-100% of the photo, aspect 3/4-4/3) with a random
     horizontal flip, resized to `size` x `size`, seeded by (split, i) so it is deterministic.
     `train` (default 64 per class) and `val` (16 per class) use different seeds: different crops of
-    the same photos, a quick SSL + k-NN sanity check where "class" = "same photo".
+    the same photos, a quick SSL + k-NN sanity check where "class" = "same photo". It is easy: a
+    10-NN on 8x8 raw-pixel thumbnails already scores ~96 % on val (chance 10 %).
     """
 
     SPLITS = {"train": (64, 0), "val": (16, 1)}

@@ -44,7 +44,12 @@ def _parse_flags(argv):
 
 def main(argv):
     del argv
+    from absl import logging as absl_logging
+
     from dinov2_jax.train import trainer
+
+    if not flags.FLAGS["verbosity"].present:  # orbax logs every save at INFO; --verbosity=0 shows them
+        absl_logging.set_verbosity(absl_logging.WARNING)
 
     cfg = _CONFIG.value
     try:

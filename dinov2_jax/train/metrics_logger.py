@@ -62,8 +62,8 @@ class MetricsLogger:
         return record
 
     def _console_line(self, iteration: int, record: dict[str, float]) -> str:
-        elapsed = time.time() - self._t0
-        per_iter = elapsed / max(self._iters_done, 1)
+        # ETA from the latest window's time per iteration (the first one includes compilation)
+        per_iter = record.get("iter_time", (time.time() - self._t0) / max(self._iters_done, 1))
         remaining = max(self.total_iters - iteration - 1, 0)
         eta = str(datetime.timedelta(seconds=int(per_iter * remaining)))
         done = iteration + 1

@@ -266,6 +266,9 @@ def train(cfg: ml_collections.ConfigDict, components: Components | None = None, 
         logger.close()
         return TrainResult(start_it, start_it, last_it, False, {}, None)
 
+    if latest is None and cfg.evaluation.get("knn_at_start", False):
+        run_periodic_eval(cfg, comp, state, -1, output_dir, logger, export=False)  # the random-init baseline
+
     loader = comp.make_train_loader(cfg, seed=cfg.train.seed)
     if data_state is not None:
         loader.set_state(data_state)
@@ -358,10 +361,12 @@ def train(cfg: ml_collections.ConfigDict, components: Components | None = None, 
     return TrainResult(start_it, (last_saved or 0), last_it, stop.signum is not None, losses, record)
 
 
-def run_periodic_eval(cfg, comp: Components, state, it: int, output_dir: str, logger: MetricsLogger) -> None:
-    """Teacher export to `eval/training_<it>/` (+ k-NN if `evaluation.knn_train_dataset` is set)."""
-    out_dir = os.path.join(output_dir, "eval", f"training_{it}")
-    if comp.export_teacher is not None:
+def run_periodic_eval(cfg, comp: Components, state, it: int, output_dir: str, logger: MetricsLogger,
+                      export: bool = True) -> None:
+    """Teacher export to `eval/training_<it>/` (+ k-NN if `evaluation.knn_train_dataset` is set).
+    `it = -1` (with `export=False`): k-NN of the freshly initialised model (`evaluation.knn_at_start`)."""
+    out_dir = os.path.join(output_dir, "eval", f"training_{it}" if it >= 0 else "init")
+    if export and comp.export_teacher is not None:
         comp.export_teacher(state, cfg, out_dir)
         logger.info(f"Exported the teacher to {out_dir}")
     if cfg.evaluation.knn_train_dataset:
@@ -383,7 +388,7 @@ def run_periodic_eval(cfg, comp: Components, state, it: int, output_dir: str, lo
                 f.write(json.dumps({k: v}) + "\n")
         with open(os.path.join(output_dir, "knn_metrics.json"), "a") as f:
             f.write(json.dumps({"iteration": it, **results}) + "\n")
-        logger.info(f"k-NN at iteration {it}: " + ", ".join(f"{k}={v:.2f}" for k, v in results.items()
+        logger.info(f"k-NN at iteration {it}{' (random init)' if it < 0 else ''}: " + ", ".join(f"{k}={v:.2f}" for k, v in results.items()
                                                            if "Top 1" in k))
 
 
@@ -430,11 +435,14 @@ def load_pretrained_teacher(cfg, like_teacher: dict) -> dict:
         raise ValueError(f"teacher.pretrained_weights={path!r} has no {missing}: distillation needs the "
                          f"teacher's heads (use a training export eval/training_*/ or a teacher_checkpoint.pth)")
     params = {k: params[k] for k in like_teacher}
+    if jax.tree.structure(like_teacher) != jax.tree.structure(params):
+        raise ValueError(f"teacher.pretrained_weights={path!r}: parameter names differ from teacher.arch="
+                         f"{cfg.teacher.arch or cfg.student.arch!r} (ffn_layer, registers, biases?)")
     bad = []
     for (p, want), got in zip(jax.tree_util.tree_flatten_with_path(like_teacher)[0], jax.tree.leaves(params)):
         if tuple(want.shape) != tuple(np.shape(got)):
             bad.append(f"{jax.tree_util.keystr(p)}: checkpoint {np.shape(got)} vs config {tuple(want.shape)}")
-    if jax.tree.structure(like_teacher) != jax.tree.structure(params) or bad:
+    if bad:
         raise ValueError(f"teacher.pretrained_weights={path!r} does not match teacher.arch="
                          f"{cfg.teacher.arch or cfg.student.arch!r} / the head config: " + "; ".join(bad[:10]))
     # keep the shardings of the freshly built teacher

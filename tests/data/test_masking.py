@@ -1,5 +1,4 @@
 """Block masking + collate: statistics, spec-definition reference, and a golden official comparison."""
-import math
 import os
 import random
 

@@ -1,4 +1,5 @@
 """Grain pipelines: batch contract, determinism, exact resume, sharding, corrupt files, eval loader."""
+import json
 import os
 
 import numpy as np
@@ -82,7 +83,7 @@ def test_resume_exact(folder, num_workers):
     kw = dict(process_index=0, process_count=1, batch_size_per_process=3, num_workers=num_workers)
     it = make_train_loader(cfg, **kw)
     _take(it, 3)
-    state = it.get_state()
+    state = json.loads(json.dumps(it.get_state()))  # stored with the checkpoint as JSON
     expected = _take(it, 4)
     fresh = make_train_loader(cfg, **kw)
     fresh.set_state(state)
@@ -136,3 +137,11 @@ def test_eval_loader(folder):
                 seen.append(idx)
     broken = [i for i, f in enumerate(src.files) if f.endswith("broken.jpg")]
     assert sorted(seen + broken) == list(range(n))
+
+
+def test_unreadable_dataset_fails_fast(tmp_path):
+    for i in range(3):
+        (tmp_path / f"{i}.jpg").write_bytes(b"not an image")
+    with pytest.raises(ValueError, match="could be decoded"):
+        make_train_loader(_cfg(f"folder:{tmp_path}"), process_index=0, process_count=1, batch_size_per_process=2,
+                          num_workers=0)

@@ -2,6 +2,7 @@
 import io
 import logging
 import os
+import pickle
 
 import numpy as np
 import pytest
@@ -143,9 +144,28 @@ def test_tfds_array_record_source(tfds_dir):
         assert arr.shape == (10 + k, 12, 3) and label == k % 3
         seen[k] = label
     assert sorted(seen) == list(range(6))
+    # grain worker processes receive the source pickled
+    clone = pickle.loads(pickle.dumps(src))
+    np.testing.assert_array_equal(np.asarray(clone[2][0]), np.asarray(src[2][0]))
     assert len(make_source(f"tfds:tiny_dino_images:validation:{tfds_dir}")) == 3
     assert "tensorflow" not in sys.modules
     with pytest.raises(ValueError, match="cannot open TFDS"):
         make_source(f"tfds:tiny_dino_images:nosuchsplit:{tfds_dir}")
     with pytest.raises(FileNotFoundError):
         make_source(f"tfds:tiny_dino_images:train:{tfds_dir}/missing")
+
+
+def test_tfds_source_opens_without_builder_code(tfds_dir):
+    """A fresh process (like a grain worker or a user's training run) has no builder class: the
+    prepared array_record files and their dataset_info are enough."""
+    import subprocess
+    import sys
+
+    code = ("from dinov2_jax.data.sources import make_source; import sys; "
+            f"s = make_source('tfds:tiny_dino_images:train:{tfds_dir}'); "
+            "img, lab = s[0]; print(len(s), img.size[0], 'tensorflow' in sys.modules)")
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root, timeout=120,
+                         env={**os.environ, "PYTHONPATH": root})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split()[-3:] == ["6", "12", "False"]

@@ -37,37 +37,58 @@ def max_diff(a, b):
                for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
 
 
+def _float_leaves(tree):
+    return [_np(x) for x in jax.tree.leaves(tree)
+            if not jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key) and jnp.issubdtype(x.dtype, jnp.floating)]
+
+
 def compare(state0, step, batches, mesh, min_size=None, replicated_keys=()):
-    """Run `step` N times on device 0 and on `mesh`; returns the result dict."""
+    """Run `step(state, batch) -> (state, {name: scalar})` on device 0 and on `mesh` from the same state
+    and batches; returns the result dict.
+
+    Step 1 sees identical inputs on both, so its metrics (losses, grad norms) measure the sharded
+    computation itself. Params are compared as ||p_1 - p_mesh|| / ||p_1 - p_0|| (relative to how far
+    training moved them): Adam's g / sqrt(v) turns reduction-order noise in near-zero gradient entries
+    into steps of up to lr, so a max-abs comparison of params says little.
+    """
     dev0 = jax.devices()[0]
     s1 = jax.device_put(state0, dev0)
     step1 = jax.jit(step)
-    losses1 = []
+    m1 = []
     for b in batches:
-        s1, loss = step1(s1, jax.device_put(b, dev0))
-        losses1.append(float(loss))
+        s1, m = step1(s1, jax.device_put(b, dev0))
+        m1.append({k: float(v) for k, v in m.items()})
 
     kw = {} if min_size is None else {"min_size": min_size}
     sh = param_shardings(state0, mesh, **kw)
     sN = shard_state(state0, mesh, **kw)
     stepN = jax.jit(step, in_shardings=(sh, None), out_shardings=(sh, None))
-    lossesN = []
+    mN = []
     for b in batches:
-        sN, loss = stepN(sN, make_global_batch(b, mesh, replicated_keys=replicated_keys))
-        lossesN.append(float(loss))
+        sN, m = stepN(sN, make_global_batch(b, mesh, replicated_keys=replicated_keys))
+        mN.append({k: float(v) for k, v in m.items()})
+    out_sharded_as_planned = all(a.sharding == b for a, b in zip(jax.tree.leaves(sN), jax.tree.leaves(sh)))
     per_dev = bytes_per_device(sN)
     sharded = sum(1 for x in jax.tree.leaves(sN) if not x.sharding.is_fully_replicated)
-    moved = max_diff(s1, state0)
+
+    def rel(a, b):
+        return abs(a - b) / max(abs(a), 1e-12)
+
+    a1, aN, a0 = _float_leaves(s1), _float_leaves(sN), _float_leaves(state0)
+    diff = np.sqrt(sum(np.sum((x - y) ** 2) for x, y in zip(a1, aN)))
+    moved = np.sqrt(sum(np.sum((x - y) ** 2) for x, y in zip(a1, a0)))
     return {
-        "max_param_change": moved,
         "n_devices": jax.device_count(),
-        "losses_1": losses1,
-        "losses_mesh": lossesN,
-        "max_loss_diff": float(np.max(np.abs(np.array(losses1) - np.array(lossesN)))),
-        "max_param_diff": max_diff(s1, sN),
+        "metrics_1": m1,
+        "metrics_mesh": mN,
+        "step1_max_rel_metric_diff": max(rel(m1[0][k], mN[0][k]) for k in m1[0]),
+        "max_rel_loss_diff": max(rel(x["loss"], y["loss"]) for x, y in zip(m1, mN)),
+        "param_rel_diff": float(diff / moved),
+        "max_param_diff": max(float(np.max(np.abs(x - y), initial=0.0)) for x, y in zip(a1, aN)),
         "bytes_ratio": max(per_dev.values()) / tree_bytes(state0),
         "sharded_leaves": sharded,
-        "loss_decreased": losses1[-1] < losses1[0],
+        "out_sharded_as_planned": out_sharded_as_planned,
+        "loss_decreased": m1[-1]["loss"] < m1[0]["loss"],
     }
 
 
@@ -91,7 +112,7 @@ def mlp_case(mesh):
     def step(s, b):
         loss, g = jax.value_and_grad(loss_fn)(s["params"], b["x"], b["y"])
         upd, opt = tx.update(g, s["opt"], s["params"])
-        return {"params": optax.apply_updates(s["params"], upd), "opt": opt}, loss
+        return {"params": optax.apply_updates(s["params"], upd), "opt": opt}, {"loss": loss}
 
     rng = np.random.default_rng(0)
     batches = [{"x": rng.standard_normal((16, 256)).astype(np.float32),
@@ -119,7 +140,7 @@ def dino_batch(rng, B, n_local, g_size, l_size, patch, mask_ub):
     }
 
 
-def dino_case(mesh, min_size):
+def dino_case(mesh, min_size, drop_path=0.1):
     """helper C's DINOv2 train step on a tiny ViT: 1 device vs the mesh, same state and batches."""
     from configs.ssl_default import get_config
     from dinov2_jax.train.train_step import create_train_state, make_train_step
@@ -127,7 +148,7 @@ def dino_case(mesh, min_size):
     cfg = get_config()
     cfg.student.arch = "vit_small"
     cfg.student.patch_size = 8
-    cfg.student.drop_path_rate = 0.1  # stochastic depth on: keys must give the same masks on the mesh
+    cfg.student.drop_path_rate = drop_path  # stochastic depth on: keys must give the same masks on the mesh
     cfg.student.attn_impl = "xla"
     for head in (cfg.dino, cfg.ibot):
         head.head_n_prototypes, head.head_hidden_dim, head.head_bottleneck_dim = 256, 128, 64
@@ -144,11 +165,10 @@ def dino_case(mesh, min_size):
 
     def step2(s, b):
         s, m = step(s, b, hp)
-        return s, m["loss"]
+        return s, {k: v for k, v in m.items() if k != "n_masked_patches"}
 
     res = compare(state0, step2, batches, mesh, min_size=min_size,
                   replicated_keys=("mask_indices_list", "masks_weight", "n_masked_patches"))
-    # how far the params moved: the differences must be small against this
     return res
 
 
@@ -159,7 +179,8 @@ def main():
     if case == "mlp":
         res = mlp_case(mesh)
     elif case == "dino":
-        res = dino_case(mesh, min_size=int(sys.argv[2]) if len(sys.argv) > 2 else 2048)
+        res = dino_case(mesh, min_size=int(sys.argv[2]) if len(sys.argv) > 2 else 2048,
+                        drop_path=float(sys.argv[3]) if len(sys.argv) > 3 else 0.1)
     else:
         raise SystemExit(f"unknown case {case!r}")
     print(json.dumps(res))

@@ -82,9 +82,21 @@ def batch_hp(golden, run, it):
 
 
 def assert_tree_close(tree, golden, prefix, rtol, atol):
+    """Leaf-wise comparison, except the attention KEY bias (qkv.bias[D:2D]): softmax over keys is invariant
+    to it, so its gradient is exactly 0 in exact arithmetic and both frameworks only see float noise
+    (~1e-10), which Adam's normalisation turns into arbitrary updates of size ~lr. Its value is checked
+    to stay within lr-sized steps of the official one instead."""
     ref = load_params(golden, prefix, tree)
+    bad = []
     for (p, a), b in zip(jax.tree_util.tree_flatten_with_path(tree)[0], jax.tree_util.tree_leaves(ref)):
-        np.testing.assert_allclose(a, b, rtol=rtol, atol=atol, err_msg=path_to_name(p))
+        name, a, b = path_to_name(p), np.asarray(a), np.asarray(b)
+        if name.endswith("attn.qkv.bias"):
+            d = a.shape[0] // 3
+            np.testing.assert_allclose(a[d:2 * d], b[d:2 * d], atol=1e-2, err_msg=name)
+            a, b = np.delete(a, np.s_[d:2 * d]), np.delete(b, np.s_[d:2 * d])
+        if not np.allclose(a, b, rtol=rtol, atol=atol):
+            bad.append((name, float(np.max(np.abs(a - b)))))
+    assert not bad, bad
 
 
 def check_iteration(golden, run, it, metrics):

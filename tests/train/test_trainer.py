@@ -195,3 +195,41 @@ def test_bad_inputs_have_clear_errors(tmp_path):
     blocker.write_text("x")  # a directory cannot be created below a file (works as root too)
     with pytest.raises(PermissionError, match="not writable"):
         run(toy_cfg(blocker / "out"))
+
+
+def tiny_real_cfg(out, *extra):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("_qs", os.path.join(os.path.dirname(__file__), "test_quickstart.py"))
+    qs = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(qs)
+    TINY = qs.TINY
+
+    over = [a[len("--config."):] for a in TINY] + list(extra) + [f"train.output_dir={out}"]
+    return config_lib.load_config(os.path.join(CONFIGS, "quickstart.py"), over)
+
+
+def test_distillation_teacher_is_loaded_and_frozen(tmp_path):
+    """Export a (random) model with heads, use it as teacher.pretrained_weights: the run's teacher is
+    exactly those weights before and after training (no EMA), the student trains."""
+    cfg = config_lib.finalize_config(tiny_real_cfg(tmp_path / "a"), 1)
+    comp = trainer.default_components()
+    donor = comp.create_train_state(cfg, jax.random.key(123))
+    export_dir = str(tmp_path / "teacher_export")
+    trainer.export_teacher(donor, cfg, export_dir)
+
+    cfg2 = tiny_real_cfg(tmp_path / "b", f"teacher.pretrained_weights={export_dir}", "train.max_iterations=2")
+    res = trainer.train(cfg2, use_mesh=False, stream=open(os.devnull, "w"))
+    assert sorted(res.losses) == [0, 1]
+    ck = Checkpointer(os.path.join(tmp_path / "b", "ckpt"))
+    state, _, _ = ck.restore_raw(ck.latest_step())
+    ck.close()
+    for got, want in zip(jax.tree.leaves(state["teacher"]), jax.tree.leaves(jax.device_get(donor.teacher))):
+        np.testing.assert_array_equal(got, want)
+    s0 = jax.tree.leaves(donor.student)
+    moved = [np.abs(a - np.asarray(b)).max() for a, b in zip(jax.tree.leaves(state["student"]), s0)]
+    assert max(moved) > 0  # the student is a fresh model that trains (different init seed from the donor)
+
+    bad = tiny_real_cfg(tmp_path / "c", f"teacher.pretrained_weights={tmp_path / 'nope'}")
+    with pytest.raises(FileNotFoundError, match="pretrained_weights"):
+        trainer.train(bad, use_mesh=False, stream=open(os.devnull, "w"))

@@ -1,0 +1,176 @@
+"""End to end through the CLI (`python -m dinov2_jax.train`) with the real objective, data and export,
+on a reduced quickstart (tiny ViT, tiny crops): runs, kill + resume exactness, SIGTERM, NaN.
+
+Every run is a real subprocess, so restarts are real restarts (fresh process, state from disk only).
+"""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from dinov2_jax.train.checkpoint import Checkpointer
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+
+TINY = [
+    "--config.student.embed_dim=32", "--config.student.depth=2", "--config.student.num_heads=2",
+    "--config.student.patch_size=8", "--config.crops.global_crops_size=32", "--config.crops.local_crops_size=16",
+    "--config.crops.local_crops_number=2", "--config.train.batch_size_per_gpu=4",
+    "--config.dino.head_n_prototypes=64", "--config.dino.head_hidden_dim=64", "--config.dino.head_bottleneck_dim=32",
+    "--config.ibot.head_n_prototypes=64", "--config.ibot.head_hidden_dim=64", "--config.ibot.head_bottleneck_dim=32",
+    "--config.train.OFFICIAL_EPOCH_LENGTH=4", "--config.optim.epochs=3", "--config.train.log_period=1",
+    "--config.evaluation.eval_period_iterations=0", "--config.evaluation.knn_at_start=False",
+    "--config.train.num_workers=0",
+]
+
+
+def cli(out, *extra):
+    return [sys.executable, "-m", "dinov2_jax.train", "--config", "configs/quickstart.py",
+            f"--config.train.output_dir={out}", *TINY, *extra]
+
+
+def env():
+    return dict(os.environ, JAX_PLATFORMS="cpu")
+
+
+def run_cli(out, *extra, timeout=600):
+    r = subprocess.run(cli(out, *extra), cwd=ROOT, env=env(), capture_output=True, text=True, timeout=timeout)
+    return r
+
+
+def losses(out):
+    """iteration -> total loss of that iteration (a re-run iteration after a restart: the last value)."""
+    got = {}
+    for line in open(os.path.join(out, "training_metrics.json")):
+        r = json.loads(line)
+        got[r["iteration"]] = r["last_total_loss"]
+    return got
+
+
+def final_state(out):
+    ck = Checkpointer(os.path.join(out, "ckpt"))
+    step = ck.latest_step()
+    state, data, cfg = ck.restore_raw(step)
+    ck.close()
+    return step, state, data
+
+
+def assert_states_close(a, b):
+    import jax
+
+    fa, fb = jax.tree_util.tree_flatten_with_path(a)[0], jax.tree_util.tree_flatten_with_path(b)[0]
+    assert [p for p, _ in fa] == [p for p, _ in fb]
+    for (p, x), (_, y) in zip(fa, fb):
+        np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6, err_msg=jax.tree_util.keystr(p))
+
+
+def test_reduced_quickstart_runs_logs_exports_and_evaluates(tmp_path):
+    out = tmp_path / "run"
+    r = run_cli(out, "--config.train.max_iterations=3", "--config.evaluation.eval_period_iterations=2",
+                "--config.evaluation.knn_at_start=True", "--config.evaluation.knn_max_samples=40")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert sorted(losses(out)) == [0, 1, 2]
+    rec = [json.loads(l) for l in open(out / "training_metrics.json")][-1]
+    for k in ("total_loss", "dino_local_crops_loss", "dino_global_crops_loss", "koleo_loss", "ibot_loss", "lr",
+              "wd", "mom", "last_layer_lr", "teacher_temp", "grad_norm/backbone", "images_per_s", "iter_time"):
+        assert k in rec and np.isfinite(rec[k]), k
+    assert os.listdir(out / "tb")
+    knn = [json.loads(l) for l in open(out / "knn_metrics.json")]
+    assert [k["iteration"] for k in knn] == [-1, 1]
+    assert "('full', 10) Top 1" in knn[-1]
+    step, state, data = final_state(out)
+    assert step == 3 and int(state["step"]) == 3
+    # the teacher export is a converter directory with the heads
+    from dinov2_jax.convert import load_converted
+
+    model, heads = load_converted(str(out / "eval" / "training_1"), with_heads=True)
+    assert model.embed_dim == 32 and set(heads) == {"dino_head"}
+    cfg = json.load(open(out / "config.json"))
+    assert cfg["optim"]["lr"] == pytest.approx(0.004 * (4 / 1024) ** 0.5)
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory):
+    """Uninterrupted run of the whole (tiny) schedule: 12 iterations + the official extra one."""
+    out = tmp_path_factory.mktemp("ref") / "run"
+    r = run_cli(out, "--config.train.checkpoint_period=100")
+    assert r.returncode == 0, r.stderr[-3000:]
+    return out
+
+
+def _wait_for(pred, proc, timeout=600):
+    t0 = time.time()
+    while not pred():
+        assert proc.poll() is None, "the run ended before it could be interrupted"
+        assert time.time() - t0 < timeout
+        time.sleep(0.05)
+
+
+@pytest.mark.heavy
+def test_kill_and_restart_is_exact(tmp_path, reference_run):
+    out = tmp_path / "run"
+    proc = subprocess.Popen(cli(out, "--config.train.checkpoint_period=3"), cwd=ROOT, env=env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _wait_for(lambda: os.path.isdir(out / "ckpt" / "3"), proc)
+    proc.kill()  # SIGKILL: no chance to save anything more
+    proc.wait()
+    killed_at = max(losses(out))
+    assert killed_at < 12
+    r = run_cli(out, "--config.train.checkpoint_period=3")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "Resuming from" in r.stdout + r.stderr
+    ref, got = losses(reference_run), losses(out)
+    assert sorted(got) == sorted(ref) == list(range(13))
+    for it in ref:
+        assert got[it] == pytest.approx(ref[it], rel=1e-5, abs=1e-6), it
+    s_ref, s_got = final_state(reference_run), final_state(out)
+    assert s_ref[0] == s_got[0] == 13 and s_ref[2] == s_got[2]
+    assert_states_close(s_got[1], s_ref[1])
+
+
+@pytest.mark.heavy
+def test_sigterm_saves_exits_zero_and_resumes(tmp_path, reference_run):
+    out = tmp_path / "run"
+    proc = subprocess.Popen(cli(out, "--config.train.checkpoint_period=100"), cwd=ROOT, env=env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    _wait_for(lambda: os.path.exists(out / "training_metrics.json") and len(losses(out)) >= 2, proc)
+    proc.send_signal(signal.SIGTERM)
+    text, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, text[-3000:]
+    assert "Received signal 15" in text
+    step, _, _ = final_state(out)
+    assert step == max(losses(out)) + 1 < 13  # saved right after the step it was running
+    r = run_cli(out, "--config.train.checkpoint_period=100")
+    assert r.returncode == 0, r.stderr[-3000:]
+    ref, got = losses(reference_run), losses(out)
+    for it in ref:
+        assert got[it] == pytest.approx(ref[it], rel=1e-5, abs=1e-6), it
+    assert_states_close(final_state(out)[1], final_state(reference_run)[1])
+
+
+@pytest.mark.heavy
+def test_nan_loss_stops_with_iteration_and_keeps_checkpoint(tmp_path):
+    # A real divergence: a learning rate of ~1e37 (finite in float32) blows the weights up after the
+    # warmup's first non-zero lr; the forward pass then overflows and the loss becomes NaN.
+    out = tmp_path / "run"
+    r = run_cli(out, "--config.optim.base_lr=1e38", "--config.train.checkpoint_period=1",
+                "--config.train.max_iterations=8")
+    assert r.returncode == 1, r.stdout[-2000:] + r.stderr[-2000:]
+    import re
+
+    m = re.search(r"iteration (\d+)", r.stderr)
+    assert "training diverged" in r.stderr and m, r.stderr[-2000:]
+    bad_it = int(m.group(1))
+    step, state, _ = final_state(out)
+    assert step is not None and step <= bad_it + 1
+    assert f"ckpt/{step}) is intact" in r.stderr
+    import jax
+
+    for leaf in jax.tree.leaves(state):
+        if np.issubdtype(leaf.dtype, np.floating):
+            assert np.all(np.isfinite(leaf))
