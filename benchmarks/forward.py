@@ -47,6 +47,17 @@ def _torch_model(arch: str, image_size: int, registers: int, official_path: str 
     return timm.create_model(name, pretrained=False, img_size=image_size).eval(), f"timm {name}"
 
 
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def _time(fn, iters: int) -> float:
     fn()
     fn()  # warm-up (JAX: compile; torch: allocator)
@@ -110,7 +121,7 @@ def main(argv=None) -> int:
     jax_ips, torch_ips = args.batch / jax_s, args.batch / torch_s
     print(f"model {args.arch}/14 reg{args.registers}, batch {args.batch}, {args.image_size}px, {args.dtype}, "
           f"{args.iters} timed iters after 2 warm-up")
-    print(f"hardware: {jax.devices()[0].device_kind} ({jax.default_backend()}), {platform.processor() or platform.machine()}, "
+    print(f"hardware: {jax.devices()[0].device_kind} ({jax.default_backend()}), {_cpu_name()}, "
           f"{os.cpu_count()} CPU threads; torch {torch.__version__} threads {torch.get_num_threads()}, jax {jax.__version__}")
     print(f"JAX   : {jax_s * 1e3:8.1f} ms/batch  {jax_ips:8.2f} images/s")
     print(f"torch : {torch_s * 1e3:8.1f} ms/batch  {torch_ips:8.2f} images/s  ({tname})")

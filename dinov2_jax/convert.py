@@ -277,10 +277,22 @@ def params_to_torch_state_dict(model: nnx.Module, block_chunks: int = 0) -> dict
     sd = {}
     for path, var in _flat_params(model).items():
         key, _, to_torch = _param_rules(model, path)
-        sd[key] = np.ascontiguousarray(to_torch(np.asarray(var[...], np.float32)))
+        sd[key] = np.array(to_torch(np.asarray(var[...], np.float32)), dtype=np.float32, order="C", copy=True)
     if isinstance(model, DinoVisionTransformer) and block_chunks:
         sd = chunk_keys(sd, model.n_blocks, block_chunks)
     return sd
+
+
+def torch_state_dict_shapes(model: nnx.Module, block_chunks: int = 0) -> dict[str, tuple]:
+    """Official key -> shape that `params_to_torch_state_dict` would produce; works on abstract models
+    (`nnx.eval_shape`), so the key set of even ViT-g can be checked without memory."""
+    shapes = {}
+    for path, var in _flat_params(model).items():
+        key, _, to_torch = _param_rules(model, path)
+        shapes[key] = tuple(to_torch(np.broadcast_to(np.zeros((), np.float32), var.shape)).shape)
+    if isinstance(model, DinoVisionTransformer) and block_chunks:
+        shapes = chunk_keys(shapes, model.n_blocks, block_chunks)
+    return shapes
 
 
 def _unflatten(flat: Mapping[tuple, Any]) -> dict:

@@ -32,6 +32,15 @@ class LabelledImages:
     def __len__(self):
         return self.n
 
+    @property
+    def classes(self):
+        return getattr(self.source, "classes", None)
+
+    def __getitem__(self, i):
+        if not 0 <= i < self.n:
+            raise IndexError(i)
+        return self.source[i]
+
     def record(self, i):
         rec = self.source[i]
         if rec is None:
@@ -103,42 +112,35 @@ def make_feature_fn(model_or_fn, kind: str = "cls") -> Callable:
     return lambda images: fn(state, images)
 
 
-def iter_batches(src: LabelledImages, batch_size: int, transform: Callable):
-    """Yields (images [batch_size, ...] float32, n_valid, labels [n_valid]) over the readable images, in
-    order; unreadable ones are skipped (the source warns); the last batch is zero-padded."""
-    ims, labs = [], []
-    for i in range(len(src)):
-        rec = src.record(i)
-        if rec is not None:
-            ims.append(transform(rec[0]))
-            labs.append(rec[1])
-        if len(ims) == batch_size or (i == len(src) - 1 and ims):
-            n = len(ims)
-            batch = np.stack(ims)
-            if n < batch_size:
-                batch = np.concatenate([batch, np.zeros((batch_size - n,) + batch.shape[1:], batch.dtype)])
-            yield batch, n, np.asarray(labs, np.int64)
-            ims, labs = [], []
-
-
 def extract_features(fn: Callable, source, *, batch_size: int = 256, image_size: int = 224,
-                     resize_size: int = 256, max_samples: int | None = None, progress: bool = True,
-                     desc: str = "features"):
+                     resize_size: int = 256, max_samples: int | None = None, num_workers: int = 0,
+                     progress: bool = True, desc: str = "features"):
     """Run `fn` (images -> array or pytree of [B, ...] arrays) over a labelled source with the eval
     transform. Returns (features: same pytree of float32 numpy [N, ...], labels [N] int64), N = readable
-    images."""
+    images, in dataset order.
+
+    Decoding uses `dinov2_jax.data.pipeline.make_eval_loader` (Grain; `num_workers` > 0 decodes in worker
+    processes). Every process extracts the whole dataset (k-NN needs all train features everywhere);
+    batches have one fixed size, padding rows and unreadable images are dropped after the forward.
+    """
     from tqdm.auto import tqdm
 
-    from dinov2_jax.data.augmentations import eval_transform
+    from dinov2_jax.data.pipeline import make_eval_loader
 
     src = load_labelled_source(source, max_samples=max_samples)
     bs = min(batch_size, len(src))
-    transform = lambda im: eval_transform(im, resize_size=resize_size, crop_size=image_size)
+    loader = make_eval_loader(src, bs, resize_size=resize_size, crop_size=image_size, process_index=0,
+                              process_count=1, num_workers=num_workers)
     chunks, labels = [], []
-    total = -(-len(src) // bs)
-    for ims, n, labs in tqdm(iter_batches(src, bs, transform), total=total, desc=desc, disable=not progress):
-        out = jax.device_get(fn(ims))
-        chunks.append(jax.tree.map(lambda a: np.asarray(a[:n], np.float32), out))
+    for ims, labs, valid in tqdm(loader, total=len(loader), desc=desc, disable=not progress):
+        valid = np.asarray(valid, bool)
+        if not valid.any():
+            continue
+        labs = np.asarray(labs, np.int64)[valid]
+        for lab in labs:
+            _check_label(lab, src.source)
+        out = jax.device_get(fn(np.asarray(ims, np.float32)))
+        chunks.append(jax.tree.map(lambda a: np.asarray(a, np.float32)[valid], out))
         labels.append(labs)
     if not chunks:
         raise ValueError(f"no readable image in dataset {source!r}")

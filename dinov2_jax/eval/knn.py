@@ -185,6 +185,7 @@ def knn_eval(
     image_size: int = 224,
     resize_size: int = 256,
     max_samples: int | None = None,
+    num_workers: int = 0,
     progress: bool = True,
 ) -> dict[str, float]:
     """k-NN accuracy of a backbone on two labelled sources (what the trainer calls periodically).
@@ -194,13 +195,14 @@ def knn_eval(
     train_source / val_source: dataset spec strings ("folder:PATH", "tfds:NAME:SPLIT", "demo") or sources
       from `dinov2_jax.data.sources.make_source` (records with an image and an integer label).
     Images go through the official eval transform (resize `resize_size` bicubic, center crop `image_size`,
-    ImageNet normalisation). Returns {"('full', k) Top 1": percent, ...}.
+    ImageNet normalisation), decoded by `num_workers` Grain worker processes (0: in this process).
+    Returns {"('full', k) Top 1": percent, ...}.
     """
     from dinov2_jax.eval.features import extract_features, make_feature_fn
 
     fn = make_feature_fn(model_fn, kind="cls")
     common = dict(batch_size=batch_size, image_size=image_size, resize_size=resize_size,
-                  max_samples=max_samples, progress=progress)
+                  max_samples=max_samples, num_workers=num_workers, progress=progress)
     train_feats, train_labels = extract_features(fn, train_source, desc="k-NN train features", **common)
     val_feats, val_labels = extract_features(fn, val_source, desc="k-NN val features", **common)
     return knn_classify(train_feats, train_labels, val_feats, val_labels, nb_knn=nb_knn, temperature=temperature)
@@ -221,6 +223,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-size", type=int, default=224)
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="inference dtype")
     p.add_argument("--max-samples", type=int, default=None, help="use at most this many images per split")
+    p.add_argument("--num-workers", type=int, default=0, help="image decoding worker processes")
     p.add_argument("--output", default="results_eval_knn.json",
                    help="results file; one JSON object per line is appended, as the official code")
     return p
@@ -234,7 +237,8 @@ def main(argv=None) -> int:
     model = load_for_eval(args.weights, args.arch, allow_random_init=args.allow_random_init, dtype=args.dtype)
     results = knn_eval(model, args.train_dataset, args.val_dataset, batch_size=args.batch_size,
                        nb_knn=args.nb_knn, temperature=args.temperature, image_size=args.image_size,
-                       resize_size=int(round(args.image_size * 256 / 224)), max_samples=args.max_samples)
+                       resize_size=int(round(args.image_size * 256 / 224)), max_samples=args.max_samples,
+                       num_workers=args.num_workers)
     out_dir = os.path.dirname(os.path.abspath(args.output))
     os.makedirs(out_dir, exist_ok=True)
     with open(args.output, "a") as f:

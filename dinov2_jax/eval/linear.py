@@ -283,6 +283,7 @@ def linear_eval(
     image_size: int = 224,
     resize_size: int = 256,
     max_samples: int | None = None,
+    num_workers: int = 0,
     seed: int = 0,
     progress: bool = True,
 ) -> dict:
@@ -302,7 +303,7 @@ def linear_eval(
     if max_iter < 1:
         raise ValueError(f"number of iterations must be >= 1, got {max_iter}")
     common = dict(batch_size=batch_size, image_size=image_size, resize_size=resize_size,
-                  max_samples=max_samples, progress=progress)
+                  max_samples=max_samples, num_workers=num_workers, progress=progress)
     if augment:
         train_src = load_labelled_source(train_source, max_samples=max_samples)
         labels_all = train_src.labels()
@@ -346,6 +347,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-size", type=int, default=224)
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     p.add_argument("--max-samples", type=int, default=None, help="use at most this many images per split")
+    p.add_argument("--num-workers", type=int, default=0, help="image decoding worker processes (cached mode)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--output", default="results_eval_linear.json", help="results file (JSON lines appended)")
     return p
@@ -361,7 +363,7 @@ def main(argv=None) -> int:
                       epochs=args.epochs, epoch_length=args.epoch_length, iterations=args.iterations,
                       learning_rates=args.learning_rates, augment=args.augment, image_size=args.image_size,
                       resize_size=int(round(args.image_size * 256 / 224)), max_samples=args.max_samples,
-                      seed=args.seed)
+                      num_workers=args.num_workers, seed=args.seed)
     logger.info("best classifier: %s", res["best_classifier"])
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
     with open(args.output, "a") as f:

@@ -135,8 +135,23 @@ def param_shardings(tree: Any, mesh: Mesh, **kw) -> Any:
 
 
 def shard_state(state: Any, mesh: Mesh, **kw) -> Any:
-    """`state` placed on `mesh` with `param_shardings`. Every process must pass identical values."""
-    return jax.device_put(state, param_shardings(state, mesh, **kw))
+    """`state` placed on `mesh` with `param_shardings`. Every process must pass identical values.
+
+    Multi-process: local values (numpy or single-process jax arrays) are cut into this process's
+    shards (`jax.make_array_from_callback`); `jax.device_put` cannot target non-addressable devices.
+    """
+    return jax.tree.map(put_global, state, param_shardings(state, mesh, **kw))
+
+
+def put_global(x: Any, sharding: NamedSharding) -> jax.Array:
+    """One array onto a (possibly multi-process) sharding; `x` holds the full value on every process."""
+    if jax.process_count() == 1 or (isinstance(x, jax.Array) and not x.is_fully_addressable):
+        return jax.device_put(x, sharding)
+    if isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+        data = put_global(jax.random.key_data(x), sharding)
+        return jax.random.wrap_key_data(data, impl=jax.random.key_impl(x))
+    host = np.asarray(x)
+    return jax.make_array_from_callback(host.shape, sharding, lambda idx: host[idx])
 
 
 def init_sharded(init_fn: Callable[..., Any], mesh: Mesh, *args, **kw) -> Any:
@@ -178,6 +193,19 @@ def batch_shardings(batch: Mapping[str, Any], mesh: Mesh, replicated_keys: Seque
     return out
 
 
+def _assert_same_on_all_processes(key: str, v: np.ndarray) -> None:
+    """A replicated array made from per-process values must be the same everywhere (JAX does not check:
+    each device would silently keep its own process's value)."""
+    from jax.experimental import multihost_utils
+
+    every = np.asarray(multihost_utils.process_allgather(v, tiled=False))
+    if not all(np.array_equal(every[0], e) for e in every[1:]):
+        raise ValueError(
+            f"batch['{key}'] differs between processes but was asked to be replicated; per-process values "
+            f"cannot form one global array. For DINOv2 batches use make_global_dinov2_batch, which rebuilds "
+            f"the masked-token lists for the global batch.")
+
+
 def make_global_batch(local_batch: Mapping[str, Any], mesh: Mesh, replicated_keys: Sequence[str] = ()) -> dict:
     """Host-local batch (numpy) -> global `jax.Array`s sharded with `batch_shardings`.
 
@@ -191,6 +219,8 @@ def make_global_batch(local_batch: Mapping[str, Any], mesh: Mesh, replicated_key
     for k, v in local_batch.items():
         v = np.asarray(v)
         if k in replicated_keys or v.ndim == 0:
+            if nproc > 1:
+                _assert_same_on_all_processes(k, v)
             sh = replicated(mesh)
             out[k] = jax.make_array_from_process_local_data(sh, v, v.shape)
             continue

@@ -24,15 +24,16 @@ class MetricsLogger:
     """Collects per-iteration scalars and writes them every `log_period` iterations."""
 
     def __init__(self, output_dir: str, total_iters: int, start_iter: int = 0, tensorboard: bool = True,
-                 stream=None):
+                 stream=None, write_files: bool = True):
+        """`write_files=False` (processes other than 0 of a multi-host run): console only."""
         self.output_dir = output_dir
         self.total_iters = total_iters
         self.start_iter = start_iter
         self.stream = stream or sys.stdout
         self._meters: dict[str, collections.deque] = collections.defaultdict(lambda: collections.deque(maxlen=WINDOW))
-        self._json = open(os.path.join(output_dir, "training_metrics.json"), "a")
+        self._json = open(os.path.join(output_dir, "training_metrics.json"), "a") if write_files else None
         self._tb = None
-        if tensorboard:
+        if tensorboard and write_files:
             from tensorboardX import SummaryWriter
 
             self._tb = SummaryWriter(os.path.join(output_dir, "tb"))
@@ -50,8 +51,9 @@ class MetricsLogger:
     def log(self, iteration: int, extra: dict[str, float] | None = None) -> dict[str, float]:
         """Writes the window medians (+ `extra`, logged as is) for `iteration`; returns the record."""
         record = {"iteration": iteration, **self.medians(), **(extra or {})}
-        self._json.write(json.dumps(record) + "\n")
-        self._json.flush()
+        if self._json is not None:
+            self._json.write(json.dumps(record) + "\n")
+            self._json.flush()
         if self._tb is not None:
             for k, v in record.items():
                 if k != "iteration" and np.isfinite(v):
@@ -83,6 +85,7 @@ class MetricsLogger:
         self.stream.flush()
 
     def close(self) -> None:
-        self._json.close()
+        if self._json is not None:
+            self._json.close()
         if self._tb is not None:
             self._tb.close()

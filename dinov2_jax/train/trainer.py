@@ -233,10 +233,12 @@ def train(cfg: ml_collections.ConfigDict, components: Components | None = None, 
     if cfg.train.batch_size_per_gpu < 1:
         raise ValueError(f"train.batch_size_per_gpu must be >= 1, got {cfg.train.batch_size_per_gpu}")
     comp = components or default_components()  # after the input checks: they need no heavy imports
-    config_lib.save_config(cfg, output_dir)
+    is_main = jax.process_index() == 0  # files are written once per run, by process 0
+    if is_main:
+        config_lib.save_config(cfg, output_dir)
     config_json = config_lib.config_to_json(cfg)
 
-    logger = MetricsLogger(output_dir, total_iters=0, stream=stream)
+    logger = MetricsLogger(output_dir, total_iters=0, stream=stream, write_files=is_main)
     mesh = build_mesh(cfg) if use_mesh else None
     schedules = comp.build_schedules(cfg)
     schedule_len = len(schedules["lr"])

@@ -44,6 +44,11 @@ def test_extract_features_matches_direct_forward(tmp_path):
     direct = np.stack([np.asarray(model(eval_transform(im, 32, 28)[None]))[0] for im, _ in recs])
     np.testing.assert_allclose(feats, direct, atol=1e-5)
     np.testing.assert_array_equal(labels, [r[1] for r in recs])
+    # decoding in a Grain worker process gives the same result
+    feats_w, labels_w = features.extract_features(fn, spec, batch_size=4, image_size=28, resize_size=32,
+                                                  num_workers=1, progress=False)
+    np.testing.assert_array_equal(feats_w, feats)
+    np.testing.assert_array_equal(labels_w, labels)
 
 
 def test_unlabelled_folder_is_an_error(tmp_path):

@@ -256,8 +256,8 @@ TIMM_CASES = {
     "plain": ("vit_small_patch14_dinov2", dict(), dict(), (56, 56)),
     "reg4_resampled": ("vit_small_patch14_reg4_dinov2", dict(dynamic_img_size=True),
                        dict(num_register_tokens=4, interpolate_antialias=True, interpolate_offset=0.0), (70, 42)),
-    "swiglu": ("vit_small_patch14_dinov2", None, dict(ffn_layer="swiglufused"), (56, 42)),
-    "no_ls_no_qkv_bias": ("vit_small_patch14_dinov2", dict(init_values=None, qkv_bias=False),
+    "swiglu": ("vit_small_patch14_dinov2", None, dict(ffn_layer="swiglufused"), (56, 56)),
+    "no_ls_no_qkv_bias": ("vit_small_patch14_dinov2", dict(init_values=0.0, qkv_bias=False),  # timm drops None kwargs
                           dict(init_values=None, qkv_bias=False), (56, 56)),
 }
 

@@ -148,6 +148,12 @@ def main(out_dir):
     check("dinov2_mask_indices_equal", np.array_equal(got_idx, want_idx))
     check("dinov2_masks_weight_equal", np.array_equal(got_w, want_w))
     check("dinov2_n_masked_equal", int(g["n_masked_patches"]) == flat.size)
+    # per-process mask lists passed as "replicated" would silently differ per device: must raise
+    try:
+        make_global_batch(local_batch(pid), mesh, replicated_keys=("mask_indices_list",))
+        check("differing_replicated_raises", False)
+    except ValueError as e:
+        check("differing_replicated_raises", "make_global_dinov2_batch" in str(e))
     print("WORKER_OK", flush=True)
 
 

@@ -15,7 +15,8 @@ import numpy as np
 import optax
 
 from dinov2_jax.parallel.mesh import make_mesh
-from dinov2_jax.parallel.sharding import bytes_per_device, make_global_batch, param_shardings, shard_state
+from dinov2_jax.parallel.sharding import (bytes_per_device, init_sharded, make_global_batch, param_shardings,
+                                          shard_state)
 
 N_STEPS = 4
 
@@ -117,7 +118,19 @@ def mlp_case(mesh):
     rng = np.random.default_rng(0)
     batches = [{"x": rng.standard_normal((16, 256)).astype(np.float32),
                 "y": rng.standard_normal((16, 256)).astype(np.float32)} for _ in range(N_STEPS)]
-    return compare(state, step, batches, mesh)
+    res = compare(state, step, batches, mesh)
+    # init_sharded: the same state created directly with sharded outputs (never whole on one device)
+    def init(k):
+        ks = jax.random.split(k, 8)
+        p = {f"l{i}": {"kernel": jax.random.normal(ks[i], (dims[i], dims[i + 1])) / 16.0,
+                       "bias": jnp.zeros((dims[i + 1],))} for i in range(3)}
+        return {"params": p, "opt": tx.init(p)}
+
+    born = init_sharded(init, mesh, key)
+    res["init_sharded_equal"] = max_diff(born, state) == 0.0
+    res["init_sharded_as_planned"] = all(a.sharding == b for a, b in zip(
+        jax.tree.leaves(born), jax.tree.leaves(param_shardings(state, mesh))))
+    return res
 
 
 def dino_batch(rng, B, n_local, g_size, l_size, patch, mask_ub):

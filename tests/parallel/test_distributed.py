@@ -107,6 +107,53 @@ def test_two_process_localhost_run(tmp_path):
         assert float(checks["max_param_diff"][pid]) < 1e-5
         assert checks["restored_sharded"][pid] == "True"
         assert float(checks["resume_max_diff"][pid]) == 0.0  # resume is bit-exact
+        assert checks["differing_replicated_raises"][pid] == "True"
         for name, vals in checks.items():
             if name.startswith("dinov2_"):
                 assert vals[pid] == "True", name
+
+
+TINY_TRAIN = [
+    "--config", "configs/quickstart.py", "--config.student.embed_dim=32", "--config.student.depth=2",
+    "--config.student.num_heads=2", "--config.student.patch_size=8", "--config.crops.global_crops_size=32",
+    "--config.crops.local_crops_size=16", "--config.crops.local_crops_number=2",
+    "--config.train.batch_size_per_gpu=4", "--config.dino.head_n_prototypes=64", "--config.dino.head_hidden_dim=64",
+    "--config.dino.head_bottleneck_dim=32", "--config.ibot.head_n_prototypes=64", "--config.ibot.head_hidden_dim=64",
+    "--config.ibot.head_bottleneck_dim=32", "--config.train.OFFICIAL_EPOCH_LENGTH=4", "--config.optim.epochs=3",
+    "--config.train.log_period=1", "--config.evaluation.eval_period_iterations=0",
+    "--config.evaluation.knn_at_start=False", "--config.train.num_workers=0", "--config.train.checkpoint_period=3",
+]
+
+
+def _train_2proc(out, max_iterations):
+    r = _launch(["-n", "2", "--timeout", "800", "--", str(Path(__file__).parent / "train_entry.py"), *TINY_TRAIN,
+                 f"--config.train.output_dir={out}", f"--config.train.max_iterations={max_iterations}"],
+                timeout=900)
+    assert r.returncode == 0, r.stdout[-5000:] + r.stderr[-3000:]
+    return r.stdout
+
+
+def _losses(out):
+    import json
+
+    got = {}
+    for line in open(os.path.join(out, "training_metrics.json")):
+        rec = json.loads(line)
+        got[rec["iteration"]] = rec["total_loss"]
+    return got
+
+
+@pytest.mark.heavy
+def test_two_process_trainer_checkpoint_resume(tmp_path):
+    """The real trainer (python -m dinov2_jax.train) in 2 processes on localhost: 6 iterations straight
+    vs 3 + resume to 6 from the checkpoint; the resumed losses equal the straight run's."""
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    _train_2proc(straight, 6)
+    _train_2proc(resumed, 3)
+    assert sorted(os.listdir(resumed / "ckpt")) == ["3"]
+    log = _train_2proc(resumed, 6)
+    assert "Resuming from" in log
+    a, b = _losses(straight), _losses(resumed)
+    assert sorted(a) == list(range(6)) and sorted(b) == list(range(6))
+    for it in range(6):
+        assert abs(a[it] - b[it]) <= 1e-6 * abs(a[it]), (it, a[it], b[it])

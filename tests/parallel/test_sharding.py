@@ -128,14 +128,20 @@ def test_mlp_adamw_fsdp_equals_single_device():
     # 3 x (256x256 kernel split 4 ways + replicated 256 bias), params + Adam mu, nu
     assert 0.25 <= res["bytes_ratio"] <= 0.26, res
     assert res["sharded_leaves"] == 9  # 3 kernels x (param, mu, nu)
+    assert res["init_sharded_equal"] and res["init_sharded_as_planned"], res
 
 
 @pytest.mark.heavy
 def test_dinov2_train_step_fsdp_equals_single_device():
     """helper C's full DINOv2 step (tiny ViT, stochastic depth on, 4 steps): mesh (2,4) == 1 device."""
     res = run_on_8_cpu_devices("multidevice_check.py", "dino", "2048", "0.1", timeout=900)
-    # step 1 has identical inputs: every loss term and grad norm agrees to fp32 reduction-order noise
-    assert res["step1_max_rel_metric_diff"] < 2e-5, res
+    # step 1 has identical inputs: every loss term and grad norm agrees to fp32 reduction-order noise.
+    # KoLeo (log of nearest-neighbour distances between the nearly identical cls tokens of a random
+    # init, a cancellation) and the backbone grad norm it dominates are the most sensitive (~1e-5).
+    first, first_mesh = res["metrics_1"][0], res["metrics_mesh"][0]
+    for k, v in first.items():
+        tol = 5e-5 if k in ("koleo_loss", "grad_norm/backbone", "loss", "total_loss") else 1e-6
+        assert abs(v - first_mesh[k]) <= tol * abs(v), (k, v, first_mesh[k])
     assert res["max_rel_loss_diff"] < 5e-5, res
     assert res["param_rel_diff"] < 1e-2, res
     assert res["out_sharded_as_planned"], res
