@@ -75,9 +75,13 @@ def main(argv=None) -> int:
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     p.add_argument("--registers", type=int, default=0, choices=[0, 4])
     p.add_argument("--iters", type=int, default=5)
-    p.add_argument("--attn-impl", default="auto", help="JAX attention backend (auto|xla|cudnn|pallas)")
+    p.add_argument("--attn-impl", default=None,
+                   help="JAX attention backend (auto|xla|cudnn|pallas); default: auto for bfloat16 (cuDNN flash "
+                        "attention on GPU), xla for float32 (JAX's cuDNN kernel has no float32)")
     p.add_argument("--official-path", default=None, help="checkout of facebookresearch/dinov2 to use instead of timm")
     args = p.parse_args(argv)
+    if args.attn_impl is None:
+        args.attn_impl = "auto" if args.dtype == "bfloat16" else "xla"
     if args.image_size % 14:
         raise SystemExit(f"--image-size must be a multiple of 14, got {args.image_size}")
 
@@ -120,6 +124,7 @@ def main(argv=None) -> int:
 
     jax_ips, torch_ips = args.batch / jax_s, args.batch / torch_s
     print(f"model {args.arch}/14 reg{args.registers}, batch {args.batch}, {args.image_size}px, {args.dtype}, "
+          f"JAX attention {model.attn_impl}, "
           f"{args.iters} timed iters after 2 warm-up")
     print(f"hardware: {jax.devices()[0].device_kind} ({jax.default_backend()}), {_cpu_name()}, "
           f"{os.cpu_count()} CPU threads; torch {torch.__version__} threads {torch.get_num_threads()}, jax {jax.__version__}")

@@ -144,6 +144,11 @@ def load(name: str | None, weights: str | None = None, *, dtype="float32", attn_
     return model
 
 
+def default_attn_impl(dtype) -> str:
+    """Fused cuDNN attention (via "auto" on GPU) only for 16-bit compute: JAX's cuDNN kernel rejects float32."""
+    return "auto" if str(dtype) in ("bfloat16", "float16") else "xla"
+
+
 def load_for_eval(weights: str | None, arch: str | None, *, allow_random_init: bool = False, dtype="float32"):
     """CLI helper: weights required unless allow_random_init (then arch is required)."""
     if weights is None and not allow_random_init:
@@ -151,4 +156,4 @@ def load_for_eval(weights: str | None, arch: str | None, *, allow_random_init: b
                          "pass --allow-random-init with --arch to evaluate a random model")
     if weights is None and arch is None:
         raise SystemExit(f"--allow-random-init needs --arch (one of {', '.join(HUB_NAMES)})")
-    return load(arch, weights, dtype=dtype, attn_impl="auto")
+    return load(arch, weights, dtype=dtype, attn_impl=default_attn_impl(dtype))

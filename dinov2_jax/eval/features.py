@@ -14,35 +14,40 @@ import numpy as np
 
 
 class LabelledImages:
-    """Uniform view of a labelled source (first `max_samples` records): `len()`, `record(i)` ->
-    (image, label) or None for an unreadable image (the source logs it), `labels()` -> [N] int64."""
+    """Uniform view of a labelled source: `len()`, `source[i]`-style `__getitem__`, `record(i)` ->
+    (image, label) or None for an unreadable image (the source logs it), `labels()` -> [N] int64.
+
+    With `max_samples` < len(source), an evenly spaced subset of `max_samples` records is used (index
+    floor(i * len / max_samples)), so class-sorted sources such as folders keep every class.
+    """
 
     def __init__(self, source, max_samples: int | None = None):
         self.source = source
-        n = len(source)
-        if max_samples is not None:
-            if max_samples < 1:
-                raise ValueError(f"max_samples must be >= 1, got {max_samples}")
-            n = min(n, max_samples)
-        if n == 0:
+        total = len(source)
+        if total == 0:
             raise ValueError(f"dataset {source!r} is empty")
-        self.n = n
+        if max_samples is not None and max_samples < 1:
+            raise ValueError(f"max_samples must be >= 1, got {max_samples}")
+        if max_samples is not None and max_samples < total:
+            self.indices = (np.arange(max_samples, dtype=np.int64) * total) // max_samples
+        else:
+            self.indices = np.arange(total, dtype=np.int64)
         self._labels = None
 
     def __len__(self):
-        return self.n
+        return len(self.indices)
 
     @property
     def classes(self):
         return getattr(self.source, "classes", None)
 
     def __getitem__(self, i):
-        if not 0 <= i < self.n:
+        if not 0 <= i < len(self):
             raise IndexError(i)
-        return self.source[i]
+        return self.source[int(self.indices[i])]
 
     def record(self, i):
-        rec = self.source[i]
+        rec = self[i]
         if rec is None:
             return None
         image, label = _unpack(rec)
@@ -54,11 +59,11 @@ class LabelledImages:
         if self._labels is None:
             listed = getattr(self.source, "labels", None)
             if listed is not None and not callable(listed):
-                labs = np.asarray(listed[: self.n], np.int64)
+                labs = np.asarray(listed, np.int64)[self.indices]
                 for lab in labs:
                     _check_label(lab, self.source)
             else:
-                recs = (self.record(i) for i in range(self.n))
+                recs = (self.record(i) for i in range(len(self)))
                 labs = np.asarray([-1 if r is None else r[1] for r in recs], np.int64)
             self._labels = labs
         return self._labels

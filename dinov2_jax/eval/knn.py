@@ -15,11 +15,12 @@ CLI:
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import os
 import sys
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -38,51 +39,66 @@ def l2_normalize(x, eps: float = 1e-12):
     return x / jnp.maximum(norm, eps)
 
 
-@jax.jit
-def _chunk_topk(query, train_chunk, chunk_labels, chunk_valid, best_sims, best_labels):
-    """One step of the chunked search: similarities to one train chunk, merged into the running top-k.
-
-    query [Q, D], train_chunk [C, D], chunk_labels [C] int32, chunk_valid [C] bool (padding rows False),
-    best_sims / best_labels [Q, k] (running result; -inf / -1 where not yet filled).
-    """
-    k = best_sims.shape[1]
-    # [Q, C] cosine similarity (unit vectors); HIGHEST keeps fp32 on GPU/TPU too (no TF32/bf16 passes)
-    sims = jnp.matmul(query, train_chunk.T, precision=jax.lax.Precision.HIGHEST)
-    sims = jnp.where(chunk_valid[None, :], sims, -jnp.inf)
-    labels = jnp.broadcast_to(chunk_labels[None, :], sims.shape)
-    # second top-k over (running best) U (this chunk): the merge the official code does across ranks
-    all_sims = jnp.concatenate([best_sims, sims], axis=1)
-    all_labels = jnp.concatenate([best_labels, labels], axis=1)
-    top_sims, idx = jax.lax.top_k(all_sims, k)
-    return top_sims, jnp.take_along_axis(all_labels, idx, axis=1)
+class TrainIndex(NamedTuple):
+    """Train set laid out for the chunked search, on device once: features [n_chunks, C, D] (unit rows),
+    labels [n_chunks, C] int32 (-1 on padding rows), valid [n_chunks, C] bool."""
+    features: jax.Array
+    labels: jax.Array
+    valid: jax.Array
+    size: int
 
 
-def knn_search(query, train_features, train_labels, k: int, *, chunk_size: int = 4096):
+def build_train_index(train_features, train_labels, chunk_size: int = 4096) -> TrainIndex:
+    """Pad the (already L2-normalised) train set [T, D] to whole chunks and move it to the device."""
+    feats = np.asarray(train_features, np.float32)
+    labels = np.asarray(train_labels, np.int32)
+    n = feats.shape[0]
+    if n == 0 or labels.shape != (n,):
+        raise ValueError(f"train features {feats.shape} and labels {labels.shape} must be [T, D] and [T], T > 0")
+    chunk = min(chunk_size, n)
+    n_chunks = -(-n // chunk)
+    pad = n_chunks * chunk - n  # padding rows: zero features, label -1, masked to -inf similarity
+    feats = np.concatenate([feats, np.zeros((pad, feats.shape[1]), np.float32)])
+    labels = np.concatenate([labels, np.full(pad, -1, np.int32)])
+    valid = np.arange(n_chunks * chunk) < n
+    return TrainIndex(jnp.asarray(feats.reshape(n_chunks, chunk, -1)), jnp.asarray(labels.reshape(n_chunks, chunk)),
+                      jnp.asarray(valid.reshape(n_chunks, chunk)), n)
+
+
+@functools.partial(jax.jit, static_argnames=("k",))
+def _search(query, features, labels, valid, k: int):
+    """Scan over train chunks keeping the running top-k. query [Q, D] -> (sims [Q, k], labels [Q, k])."""
+
+    def merge(carry, chunk):
+        best_sims, best_labels = carry
+        feats, labs, ok = chunk
+        # [Q, C] cosine similarity (unit vectors); HIGHEST keeps fp32 on GPU/TPU too (no TF32/bf16 passes)
+        sims = jnp.matmul(query, feats.T, precision=jax.lax.Precision.HIGHEST)
+        sims = jnp.where(ok[None, :], sims, -jnp.inf)
+        # second top-k over (running best) U (this chunk): the merge the official code does across ranks
+        all_sims = jnp.concatenate([best_sims, sims], axis=1)
+        all_labels = jnp.concatenate([best_labels, jnp.broadcast_to(labs[None, :], sims.shape)], axis=1)
+        top, idx = jax.lax.top_k(all_sims, k)
+        return (top, jnp.take_along_axis(all_labels, idx, axis=1)), None
+
+    q = query.shape[0]
+    init = (jnp.full((q, k), -jnp.inf, jnp.float32), jnp.full((q, k), -1, jnp.int32))
+    (sims, labs), _ = jax.lax.scan(merge, init, (features, labels, valid))
+    return sims, labs
+
+
+def knn_search(query, train, train_labels=None, k: int = 200, *, chunk_size: int = 4096):
     """Top-`k` cosine neighbours of each query among the train set, searched chunk by chunk.
 
-    query [Q, D] and train_features [T, D] must already be L2-normalised; train_labels [T] int.
-    Returns (sims [Q, k] float32 sorted descending, labels [Q, k] int32). Memory is O(Q * (k + chunk)).
+    query [Q, D] and the train features must already be L2-normalised. `train` is a TrainIndex, or
+    features [T, D] together with train_labels [T]. Returns (sims [Q, k] float32 sorted descending,
+    labels [Q, k] int32). Memory is O(Q * (k + chunk)) besides the train set.
     """
+    index = train if isinstance(train, TrainIndex) else build_train_index(train, train_labels, chunk_size)
+    if not 1 <= k <= index.size:
+        raise ValueError(f"k={k} must be in [1, number of train samples={index.size}]")
     query = jnp.asarray(query, jnp.float32)
-    train_features = np.asarray(train_features, np.float32)
-    train_labels = np.asarray(train_labels, np.int32)
-    n_train = train_features.shape[0]
-    if not 1 <= k <= n_train:
-        raise ValueError(f"k={k} must be in [1, number of train samples={n_train}]")
-    chunk = min(chunk_size, n_train)
-    best_sims = jnp.full((query.shape[0], k), -jnp.inf, jnp.float32)
-    best_labels = jnp.full((query.shape[0], k), -1, jnp.int32)
-    for start in range(0, n_train, chunk):
-        feats = train_features[start : start + chunk]
-        labs = train_labels[start : start + chunk]
-        valid = np.ones(chunk, bool)
-        if feats.shape[0] < chunk:  # pad the last chunk so one compiled shape serves all chunks
-            pad = chunk - feats.shape[0]
-            valid[feats.shape[0] :] = False
-            feats = np.concatenate([feats, np.zeros((pad, feats.shape[1]), np.float32)])
-            labs = np.concatenate([labs, np.full(pad, -1, np.int32)])
-        best_sims, best_labels = _chunk_topk(query, feats, labs, valid, best_sims, best_labels)
-    return best_sims, best_labels
+    return _search(query, index.features, index.labels, index.valid, k=k)
 
 
 def knn_vote(topk_sims, topk_labels, ks: Sequence[int], temperature: float, num_classes: int):
@@ -95,9 +111,13 @@ def knn_vote(topk_sims, topk_labels, ks: Sequence[int], temperature: float, num_
     if any(k > max_k or k < 1 for k in ks):
         raise ValueError(f"every k in {list(ks)} must be in [1, {max_k}]")
     weights = jax.nn.softmax(jnp.asarray(topk_sims, jnp.float32) / temperature, axis=1)  # [Q, max_k]
-    onehot = jax.nn.one_hot(jnp.asarray(topk_labels), num_classes, dtype=jnp.float32)  # [Q, max_k, C]
-    weighted = onehot * weights[:, :, None]
-    return {k: jnp.sum(weighted[:, :k, :], axis=1) for k in ks}
+    labels = jnp.asarray(topk_labels, jnp.int32)
+    weights = jnp.where(labels >= 0, weights, 0.0)  # -1 = no neighbour (padding): no vote
+    labels = jnp.maximum(labels, 0)
+    rows = jnp.arange(labels.shape[0])[:, None]
+    # scatter-add instead of the official one_hot [Q, max_k, C] product: same sums, O(Q*C) memory
+    return {k: jnp.zeros((labels.shape[0], num_classes), jnp.float32).at[rows, labels[:, :k]].add(weights[:, :k])
+            for k in ks}
 
 
 def topk_hits(probas, targets, k: int) -> int:
@@ -133,7 +153,7 @@ def knn_classify(
     nb_knn: Sequence[int] = DEFAULT_NB_KNN,
     temperature: float = DEFAULT_TEMPERATURE,
     num_classes: int | None = None,
-    query_batch: int = 1024,
+    query_batch: int = 256,
     chunk_size: int = 4096,
 ) -> dict[str, float]:
     """k-NN accuracy from features. *_features [N, D] (raw, normalised here), *_labels [N] int.
@@ -155,14 +175,16 @@ def knn_classify(
         num_classes = int(train_labels.max()) + 1
     ks = clamp_ks(nb_knn, len(train_labels))
     max_k = max(ks)
-    train_n = np.asarray(l2_normalize(train_features))
-    val_n = l2_normalize(val_features)
+    index = build_train_index(np.asarray(l2_normalize(train_features)), train_labels, chunk_size)
+    val_n = np.asarray(l2_normalize(val_features))
     hits = {(k, t): 0 for k in ks for t in (1, 5)}
     for start in range(0, len(val_labels), query_batch):
-        q = val_n[start : start + query_batch]
         y = val_labels[start : start + query_batch]
-        sims, labs = knn_search(q, train_n, train_labels, max_k, chunk_size=chunk_size)
-        probas = knn_vote(sims, labs, ks, temperature, num_classes)
+        q = val_n[start : start + query_batch]
+        if len(q) < query_batch and len(val_labels) > query_batch:  # pad: one compiled shape
+            q = np.concatenate([q, np.zeros((query_batch - len(q), q.shape[1]), np.float32)])
+        sims, labs = knn_search(q, index, k=max_k)
+        probas = knn_vote(sims[: len(y)], labs[: len(y)], ks, temperature, num_classes)
         for k in ks:
             for t in (1, 5):
                 hits[(k, t)] += topk_hits(probas[k], y, t)
@@ -222,7 +244,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, default=DEFAULT_TEMPERATURE)
     p.add_argument("--image-size", type=int, default=224)
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="inference dtype")
-    p.add_argument("--max-samples", type=int, default=None, help="use at most this many images per split")
+    p.add_argument("--max-samples", type=int, default=None,
+                   help="evaluate on an evenly spaced subset of this many images per split")
     p.add_argument("--num-workers", type=int, default=0, help="image decoding worker processes")
     p.add_argument("--output", default="results_eval_knn.json",
                    help="results file; one JSON object per line is appended, as the official code")

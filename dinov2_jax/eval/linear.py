@@ -346,7 +346,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                         "(slow); default trains on cached eval-transform features")
     p.add_argument("--image-size", type=int, default=224)
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-    p.add_argument("--max-samples", type=int, default=None, help="use at most this many images per split")
+    p.add_argument("--max-samples", type=int, default=None,
+                   help="evaluate on an evenly spaced subset of this many images per split")
     p.add_argument("--num-workers", type=int, default=0, help="image decoding worker processes (cached mode)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--output", default="results_eval_linear.json", help="results file (JSON lines appended)")

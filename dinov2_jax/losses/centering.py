@@ -63,8 +63,9 @@ def ibot_batch_center(
     teacher_logits `[U, K]` padded buffer, valid `[U]` bool. With data parallelism pass `group_ids` `[U]`
     (the data shard of each row) and `num_groups`: each shard's mean is taken over its own valid tokens,
     and the shards are averaged with equal weight (not weighted by token counts), as the official
-    all-reduce of per-GPU means. A shard without valid tokens would make the official value NaN; here it
-    raises no error but contributes NaN too (cannot happen with mask_sample_probability > 0 and B >= 2).
+    all-reduce of per-GPU means. A shard without masked tokens (possible when one host collates the masks
+    of several devices) is left out of the average; officially every GPU collates its own masks, so each
+    has some, and an empty one would turn the center into NaN.
     """
     t = teacher_logits.astype(jnp.float32)
     w = valid.astype(jnp.float32)
@@ -74,7 +75,9 @@ def ibot_batch_center(
         return jnp.sum(t * w[:, None], axis=0) / jnp.sum(w)
     sums = jax.ops.segment_sum(t * w[:, None], group_ids, num_segments=num_groups)  # [G, K]
     counts = jax.ops.segment_sum(w, group_ids, num_segments=num_groups)  # [G]
-    return jnp.mean(sums / counts[:, None], axis=0)
+    present = counts > 0
+    means = sums / jnp.maximum(counts, 1.0)[:, None]
+    return jnp.sum(jnp.where(present[:, None], means, 0.0), axis=0) / jnp.maximum(jnp.sum(present), 1)
 
 
 def sinkhorn_knopp(

@@ -26,6 +26,8 @@ def _parse_flags(argv):
             path = arg.split("=", 1)[1]
         elif arg == "--config" and i + 1 < len(argv):
             path = argv[i + 1]
+    if path is None and any(a in ("--help", "-h", "--helpfull", "--helpshort") for a in argv):
+        return flags.FLAGS(argv)
     if path is None:
         print("error: --config is required, e.g. python -m dinov2_jax.train --config configs/quickstart.py",
               file=sys.stderr)

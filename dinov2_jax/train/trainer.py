@@ -316,6 +316,7 @@ def train(cfg: ml_collections.ConfigDict, components: Components | None = None, 
         ckpt.save(step, state, loader.get_state(), config_json)
         last_saved = step
 
+    stopping = False
     try:
         it = start_it
         for it in range(start_it, last_it + 1):
@@ -332,7 +333,8 @@ def train(cfg: ml_collections.ConfigDict, components: Components | None = None, 
             n_window += 1
             is_last = it == last_it
             do_log = (it + 1) % cfg.train.log_period == 0 or is_last or it == start_it
-            do_ckpt = (it + 1) % cfg.train.checkpoint_period == 0 or is_last or stop.signum is not None
+            stopping = stop.signum is not None  # read once: a signal arriving later is seen next iteration
+            do_ckpt = (it + 1) % cfg.train.checkpoint_period == 0 or is_last or stopping
             period = cfg.evaluation.eval_period_iterations
             do_eval = period > 0 and (it + 1) % period == 0
             if do_log or do_ckpt or do_eval:
@@ -350,7 +352,7 @@ def train(cfg: ml_collections.ConfigDict, components: Components | None = None, 
                 run_periodic_eval(cfg, comp, state, it, output_dir, logger)
             if do_ckpt:
                 save(it + 1)
-            if stop.signum is not None:
+            if stopping:
                 logger.info(f"Received signal {stop.signum} at iteration {it}: saved checkpoint "
                             f"{ckpt.directory}/{it + 1}; exiting. Restart with the same "
                             f"train.output_dir to resume.")
@@ -360,7 +362,7 @@ def train(cfg: ml_collections.ConfigDict, components: Components | None = None, 
         stop.restore()
         ckpt.close()  # waits for the last asynchronous save
         logger.close()
-    return TrainResult(start_it, (last_saved or 0), last_it, stop.signum is not None, losses, record)
+    return TrainResult(start_it, (last_saved or 0), last_it, stopping, losses, record)
 
 
 def run_periodic_eval(cfg, comp: Components, state, it: int, output_dir: str, logger: MetricsLogger,

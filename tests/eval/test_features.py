@@ -120,3 +120,12 @@ def test_linear_eval_shallow_backbone_uses_available_blocks(tmp_path):
     res = linear.linear_eval(tiny_model(depth=2), train, train, batch_size=4, iterations=2, image_size=28,
                              resize_size=32, progress=False)
     assert len(res["heads"]) == 26 and all(k.startswith("classifier_1_") for k in res["heads"])
+
+
+def test_max_samples_keeps_every_class(tmp_path):
+    spec = make_folder(tmp_path / "t", per_class=5)  # class-sorted: 5 x class0 then 5 x class1
+    src = features.load_labelled_source(spec, max_samples=4)
+    assert len(src) == 4 and list(src.indices) == [0, 2, 5, 7]
+    np.testing.assert_array_equal(src.labels(), [0, 0, 1, 1])
+    assert [src.record(i)[1] for i in range(4)] == [0, 0, 1, 1]
+    assert len(features.load_labelled_source(spec, max_samples=50)) == 10

@@ -107,3 +107,19 @@ def test_bad_inputs_raise():
         knn.knn_classify(np.ones((4, 2)), -np.ones(4), np.ones((1, 2)), np.zeros(1))
     with pytest.raises(ValueError, match=r"k=5 must be in \[1"):
         knn.knn_search(np.ones((1, 2)), np.ones((3, 2)), np.zeros(3), 5)
+
+
+def test_matches_official_knn_module_fixture():
+    """Golden fixture from the official `KnnModule` + torchmetrics top-k accuracy (make_knn_official.py)."""
+    import os
+
+    z = np.load(os.path.join(os.path.dirname(__file__), "fixtures", "knn_official.npz"))
+    ks = [int(k) for k in z["ks"]]
+    sims, labs = knn.knn_search(z["val"], z["train"], z["train_labels"], max(ks), chunk_size=64)
+    probas = knn.knn_vote(sims, labs, ks, 0.07, 8)
+    for k in ks:
+        np.testing.assert_allclose(np.asarray(probas[k]), z[f"probas_{k}"], atol=1e-6)
+    res = knn.knn_classify(z["train"], z["train_labels"], z["val"], z["val_labels"], nb_knn=ks, chunk_size=64)
+    for k in ks:
+        assert res[f"('full', {k}) Top 1"] == pytest.approx(float(z[f"top1_{k}"]), abs=1e-4)
+        assert res[f"('full', {k}) Top 5"] == pytest.approx(float(z[f"top5_{k}"]), abs=1e-4)

@@ -139,7 +139,7 @@ def _losses(out):
     got = {}
     for line in open(os.path.join(out, "training_metrics.json")):
         rec = json.loads(line)
-        got[rec["iteration"]] = rec["total_loss"]
+        got[rec["iteration"]] = rec["last_total_loss"]  # this iteration's loss ("total_loss" is a window median)
     return got
 
 

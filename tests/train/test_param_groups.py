@@ -43,3 +43,27 @@ def test_tree_builder_and_table():
     assert t["backbone.norm.bias"] == (1.0, 0.0, False)
     assert t["dino_head.mlp.0.bias"] == (1.0, 0.0, False)
     assert t["dino_head.last_layer.weight_g"] == (1.0, 1.0, True)
+
+
+def test_real_param_tree_matches_official_table(optim_golden):
+    """Multipliers over the actual student tree (our backbone + DINOHead) equal the official table, name by name."""
+    from flax import nnx
+
+    import jax
+    from configs.ssl_default import get_config
+    from dinov2_jax.train.train_step import _split, build_modules
+
+    c = get_config()
+    c.student.patch_size, c.student.num_register_tokens, c.student.attn_impl = 8, 2, "xla"
+    c.crops.global_crops_size = 32
+    c.dino.head_n_prototypes, c.dino.head_hidden_dim, c.dino.head_bottleneck_dim = 16, 24, 8
+    mods = nnx.eval_shape(lambda: build_modules(c, jax.random.key(0), arch_overrides=dict(embed_dim=32, depth=3,
+                                                                                         num_heads=2)))
+    _, params = _split(mods)
+    table = multipliers_table(build_param_multipliers(params, depth=3, lr_decay_rate=0.9, patch_embed_lr_mult=0.2))
+    want = {torch_to_ours(str(n)): (lr, wd, bool(last)) for n, lr, wd, last in
+            zip(optim_golden["pg_names"], optim_golden["pg_lr_mult"], optim_golden["pg_wd_mult"],
+                optim_golden["pg_is_last"])}
+    assert set(table) == set(want), set(table) ^ set(want)
+    for name, m in table.items():
+        assert tuple(m) == want[name], (name, m, want[name])

@@ -69,6 +69,7 @@ def assert_states_close(a, b):
         np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6, err_msg=jax.tree_util.keystr(p))
 
 
+@pytest.mark.heavy  # ~1 min on an idle 2-core CPU (mostly compilation), several when the machine is busy
 def test_reduced_quickstart_runs_logs_exports_and_evaluates(tmp_path):
     out = tmp_path / "run"
     r = run_cli(out, "--config.train.max_iterations=3", "--config.evaluation.eval_period_iterations=2",

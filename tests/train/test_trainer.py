@@ -209,6 +209,7 @@ def tiny_real_cfg(out, *extra):
     return config_lib.load_config(os.path.join(CONFIGS, "quickstart.py"), over)
 
 
+@pytest.mark.heavy  # real ViT objective: compiles the train step (~1 min on an idle 2-core CPU)
 def test_distillation_teacher_is_loaded_and_frozen(tmp_path):
     """Export a (random) model with heads, use it as teacher.pretrained_weights: the run's teacher is
     exactly those weights before and after training (no EMA), the student trains."""
