@@ -70,7 +70,7 @@ class DinoVisionTransformer(nnx.Module):
         self.interpolate_offset = float(interpolate_offset)
         self.dtype = dtype
         self.remat = remat
-        self.attn_impl = resolve_attn_impl(attn_impl)
+        self.attn_impl = resolve_attn_impl(attn_impl, dtype)
 
         self.patch_embed = PatchEmbed(patch_size, in_chans, embed_dim, dtype=dtype, rngs=rngs)
         num_patches = (img_size // patch_size) ** 2
@@ -136,7 +136,16 @@ class DinoVisionTransformer(nnx.Module):
         x_norm_patchtokens [B, N, D], x_prenorm [B, 1+R+N, D], masks (as given).
 
         key None: deterministic. key given: stochastic depth with the per-block drop rates.
+        A list of image batches (official `forward_features_list`, e.g. global and local crops) returns
+        a list of dicts; `masks` is then a list (entries may be None) and each batch gets its own
+        stochastic-depth subsets, as the official nested-tensor path.
         """
+        if isinstance(x, (list, tuple)):
+            masks = [None] * len(x) if masks is None else list(masks)
+            if len(masks) != len(x):
+                raise ValueError(f"{len(x)} image batches but {len(masks)} masks entries.")
+            keys = [None] * len(x) if key is None else list(jax.random.split(key, len(x)))
+            return [self.forward_features(xi, mi, key=ki) for xi, mi, ki in zip(x, masks, keys)]
         t = self.prepare_tokens_with_masks(x, masks)
         for i, k in enumerate(self._block_keys(key)):
             t = self._run_block(i, t, k)

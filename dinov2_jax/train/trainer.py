@@ -259,6 +259,10 @@ def train(cfg: ml_collections.ConfigDict, components: Components | None = None, 
         logger.info(f"Resuming from {ckpt.directory}/{latest} (iteration {start_it})"
                     + (f"; config keys changed since that checkpoint: {changed}" if changed else ""))
     else:
+        if cfg.MODEL.WEIGHTS:
+            state = init_from_weights(state, cfg.MODEL.WEIGHTS)
+            logger.info(f"Initialised student and teacher from {cfg.MODEL.WEIGHTS} (MODEL.WEIGHTS); "
+                        f"optimizer state and iteration start fresh")
         logger.info(f"Starting a new run in {output_dir} (lr {cfg.optim.lr:.6g} = base_lr "
                     f"{cfg.optim.base_lr} x sqrt({cfg.train.batch_size_per_gpu * world}/1024))")
 
@@ -363,6 +367,36 @@ def train(cfg: ml_collections.ConfigDict, components: Components | None = None, 
         ckpt.close()  # waits for the last asynchronous save
         logger.close()
     return TrainResult(start_it, (last_saved or 0), last_it, stopping, losses, record)
+
+
+def init_from_weights(state, weights: str):
+    """`MODEL.WEIGHTS` (official `resume_or_load` without resume): the student and teacher parameters of
+    another run's checkpoint directory (`OTHER_RUN/ckpt`, its newest step, or one step directory
+    `OTHER_RUN/ckpt/<it>`); optimizer state, centers and iteration are not taken."""
+    directory, step = os.path.abspath(weights), None
+    if os.path.basename(directory).isdigit():
+        directory, step = os.path.dirname(directory), int(os.path.basename(directory))
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(f"MODEL.WEIGHTS={weights!r} does not exist (a run's ckpt/ or ckpt/<it> directory)")
+    ck = Checkpointer(directory)
+    step = ck.latest_step() if step is None else step
+    if step is None:
+        raise FileNotFoundError(f"MODEL.WEIGHTS={weights!r} holds no complete checkpoint")
+    raw, _, _ = ck.restore_raw(step)
+    ck.close()
+    get = (lambda k: state[k]) if isinstance(state, dict) else (lambda k: getattr(state, k))
+    new = {}
+    for part in ("student", "teacher"):
+        like = get(part)
+        if jax.tree.structure(like) != jax.tree.structure(raw[part]):
+            raise ValueError(f"MODEL.WEIGHTS={weights!r}: the {part} parameters do not match this config's model")
+        bad = [jax.tree_util.keystr(p) for (p, a), b in zip(jax.tree_util.tree_flatten_with_path(like)[0],
+                                                            jax.tree.leaves(raw[part])) if a.shape != b.shape]
+        if bad:
+            raise ValueError(f"MODEL.WEIGHTS={weights!r}: {part} shapes differ from this config at {bad[:5]}")
+        new[part] = jax.tree.map(lambda a, b: jax.device_put(jnp.asarray(b, a.dtype), getattr(a, "sharding", None)),
+                                 like, raw[part])
+    return {**state, **new} if isinstance(state, dict) else state.replace(**new)
 
 
 def run_periodic_eval(cfg, comp: Components, state, it: int, output_dir: str, logger: MetricsLogger,

@@ -129,3 +129,20 @@ def test_max_samples_keeps_every_class(tmp_path):
     np.testing.assert_array_equal(src.labels(), [0, 0, 1, 1])
     assert [src.record(i)[1] for i in range(4)] == [0, 0, 1, 1]
     assert len(features.load_labelled_source(spec, max_samples=50)) == 10
+
+
+def test_linear_cli(tmp_path, monkeypatch):
+    import json
+
+    from dinov2_jax import hub
+
+    train = make_folder(tmp_path / "train", per_class=2, seed=0)
+    monkeypatch.setattr(hub, "load_for_eval", lambda *a, **k: tiny_model(depth=4))
+    out = tmp_path / "results_eval_linear.json"
+    assert linear.main(["--train-dataset", train, "--val-dataset", train, "--batch-size", "4", "--iterations", "3",
+                        "--image-size", "28", "--output", str(out)]) == 0
+    lines = out.read_text().splitlines()
+    assert lines[0] == "iter: 3"
+    best = json.loads(lines[1])["best_classifier"]
+    assert best["name"].startswith("classifier_") and 0 <= best["accuracy"] <= 1
+    assert json.loads(lines[2]) == {f"{train}_accuracy": 100 * best["accuracy"]}

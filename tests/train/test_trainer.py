@@ -188,6 +188,29 @@ def test_half_written_checkpoint_is_ignored(tmp_path):
     assert res.start_iteration == 5
 
 
+def toy_components_with_teacher():
+    comp = toy_components()
+    create = comp.create_train_state
+    comp.create_train_state = lambda cfg, key: {**create(cfg, key), "student": {"w": jnp.zeros(4) + cfg.train.seed},
+                                                "teacher": {"w": jnp.ones(2)}}
+    return comp
+
+
+def test_model_weights_initialises_params_only(tmp_path):
+    first = run(toy_cfg(tmp_path / "a", **{"train.max_iterations": 3, "train.seed": 5}), toy_components_with_teacher())
+    assert first.next_iteration == 3
+    out = tmp_path / "b"
+    cfg = toy_cfg(out, **{"train.max_iterations": 1, "MODEL.WEIGHTS": str(tmp_path / "a" / "ckpt")})
+    res = run(cfg, toy_components_with_teacher())
+    assert res.start_iteration == 0  # iteration and optimizer state start fresh
+    ck = Checkpointer(os.path.join(out, "ckpt"))
+    raw, _, _ = ck.restore_raw(ck.latest_step())
+    np.testing.assert_array_equal(raw["student"]["w"], np.full(4, 5.0))  # seed-5 student, not seed 0
+    cfg = toy_cfg(tmp_path / "c", **{"MODEL.WEIGHTS": str(tmp_path / "nope")})
+    with pytest.raises(FileNotFoundError, match="MODEL.WEIGHTS"):
+        run(cfg, toy_components_with_teacher())
+
+
 def test_bad_inputs_have_clear_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         run(toy_cfg(tmp_path, **{"train.dataset_path": "folder:/no/such/dir"}))

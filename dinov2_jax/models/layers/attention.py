@@ -5,7 +5,8 @@ Backends (all on `[B, N, H, hd]`, scale `hd**-0.5`, no mask):
 - "cudnn":  `jax.nn.dot_product_attention(implementation="cudnn")`, GPU only (fused flash attention).
 - "pallas": `jax.experimental.pallas.ops.gpu.attention.mha` (Triton kernel on GPU; on CPU it runs in
             interpret mode, slow, meant for tests only).
-- "auto":   "cudnn" when a GPU backend is present, else "xla".
+- "auto":   "cudnn" when a GPU backend is present and the compute dtype is bf16/fp16 (cuDNN fused
+            attention has no float32 kernel), else "xla".
 """
 import logging
 
@@ -28,20 +29,28 @@ def _has_gpu() -> bool:
         return False
 
 
-def resolve_attn_impl(name: str) -> str:
+_HALF = ("bfloat16", "float16")
+
+
+def resolve_attn_impl(name: str, dtype=None) -> str:
     """Map a requested backend ("auto"|"xla"|"cudnn"|"pallas") to the one that will run.
 
-    Raises ValueError for unknown names and for "cudnn" without a GPU (no silent fallback).
+    `dtype`: compute dtype of q/k/v if known. Raises ValueError for unknown names, for "cudnn"
+    without a GPU and for "cudnn" with a float32 compute dtype (no silent fallback).
     """
     if name not in ATTN_IMPLS:
         raise ValueError(f"Unknown attention backend {name!r}; choose one of {ATTN_IMPLS}.")
+    half = dtype is None or jnp.dtype(dtype).name in _HALF
     if name == "auto":
-        return "cudnn" if _has_gpu() else "xla"
-    if name == "cudnn" and not _has_gpu():
-        raise ValueError(
-            "attn_impl='cudnn' needs a GPU backend, but JAX sees none "
-            f"(default backend: {jax.default_backend()!r}). Use attn_impl='xla' (or 'auto') on CPU/TPU."
-        )
+        return "cudnn" if _has_gpu() and half else "xla"
+    if name == "cudnn":
+        if not _has_gpu():
+            raise ValueError(
+                "attn_impl='cudnn' needs a GPU backend, but JAX sees none "
+                f"(default backend: {jax.default_backend()!r}). Use attn_impl='xla' (or 'auto') on CPU/TPU.")
+        if not half:
+            raise ValueError(f"attn_impl='cudnn' supports bfloat16/float16 only, got dtype {jnp.dtype(dtype).name}; "
+                             "use dtype='bfloat16' or attn_impl='xla' (or 'auto').")
     return name
 
 
@@ -80,7 +89,7 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, impl: str) -
     `resolve_attn_impl` first ("auto" is accepted and resolved here too).
     """
     if impl == "auto":
-        impl = resolve_attn_impl(impl)
+        impl = resolve_attn_impl(impl, q.dtype)
     _log_once(impl, q.shape)
     if impl in ("xla", "cudnn"):
         return jax.nn.dot_product_attention(q, k, v, implementation=impl)
@@ -100,7 +109,7 @@ class Attention(nnx.Module):
         if dim % num_heads:
             raise ValueError(f"embed_dim {dim} is not divisible by num_heads {num_heads}.")
         self.num_heads = num_heads
-        self.attn_impl = resolve_attn_impl(attn_impl)
+        self.attn_impl = resolve_attn_impl(attn_impl, dtype)
         self.qkv = Linear(dim, 3 * dim, use_bias=qkv_bias, dtype=dtype, rngs=rngs)
         self.proj = Linear(dim, dim, use_bias=proj_bias, dtype=dtype, rngs=rngs)
 

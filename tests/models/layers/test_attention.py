@@ -36,7 +36,12 @@ def test_auto_picks_xla_on_cpu_and_cudnn_raises():
 def test_auto_picks_cudnn_when_gpu_present(monkeypatch):
     monkeypatch.setattr(attn_mod, "_has_gpu", lambda: True)
     assert resolve_attn_impl("auto") == "cudnn"
-    assert resolve_attn_impl("cudnn") == "cudnn"
+    assert resolve_attn_impl("auto", jnp.bfloat16) == "cudnn"
+    assert resolve_attn_impl("cudnn", "bfloat16") == "cudnn"
+    # cuDNN fused attention has no float32 kernel: auto uses xla, an explicit request is an error
+    assert resolve_attn_impl("auto", jnp.float32) == "xla"
+    with pytest.raises(ValueError, match="bfloat16/float16 only"):
+        resolve_attn_impl("cudnn", jnp.float32)
 
 
 @pytest.mark.parametrize("n", [5, 21])
