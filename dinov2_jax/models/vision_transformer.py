@@ -222,7 +222,9 @@ def vit_giant2(patch_size: int = 16, num_register_tokens: int = 0, **kwargs) -> 
 
 def _make(dim, depth, heads, patch_size, num_register_tokens, kwargs):
     kwargs = dict(kwargs)
-    rngs = kwargs.pop("rngs", None) or nnx.Rngs(0)
+    rngs = kwargs.pop("rngs", None)
+    if rngs is None:
+        rngs = nnx.Rngs(0)
     for k, v in (("embed_dim", dim), ("depth", depth), ("num_heads", heads)):
         kwargs.setdefault(k, v)
     kwargs.setdefault("mlp_ratio", 4.0)

@@ -11,7 +11,7 @@ Here the same rules run on the dotted paths of our parameter tree (`blocks.3.att
 names mirror the torch module names, so the rules carry over unchanged.
 """
 import re
-from typing import Any, Dict, NamedTuple, Optional
+from typing import Any, Dict, NamedTuple
 
 import jax
 

@@ -81,9 +81,19 @@ def default_components() -> Components:
         # donate the old state: its buffers are reused for the new one (halves peak state memory)
         return jax.jit(ts.make_train_step(cfg, arch_overrides=arch_overrides(cfg)), donate_argnums=0)
 
+    def make_loader(cfg, seed):
+        if jax.process_count() > 1:
+            # the collated mask indices address one host's batch; a global index list needs
+            # cross-host collation, which the pipeline does not do yet
+            raise NotImplementedError("multi-process training: the iBOT mask indices are collated per host; "
+                                      "run one process per host with all its devices, single host for now")
+        # one loader per process feeds all its local devices
+        return make_train_loader(cfg, seed=seed,
+                                 batch_size_per_process=cfg.train.batch_size_per_gpu * jax.local_device_count())
+
     return Components(create_train_state=create_train_state, make_train_step=make_train_step,
                       build_schedules=build_schedules, hparams_at=hparams_at,
-                      make_train_loader=make_train_loader, export_teacher=export_teacher,
+                      make_train_loader=make_loader, export_teacher=export_teacher,
                       teacher_backbone=lambda state, cfg: eval_modules(state, cfg)["backbone"])
 
 

@@ -182,6 +182,12 @@ def dino_case(mesh, min_size, drop_path=0.1):
 
     res = compare(state0, step2, batches, mesh, min_size=min_size,
                   replicated_keys=("mask_indices_list", "masks_weight", "n_masked_patches"))
+    # the DINOv2 state created directly sharded (jit with out_shardings) equals the one placed afterwards
+    born = init_sharded(lambda k: create_train_state(cfg, k, arch_overrides=arch), mesh, jax.random.key(0),
+                        min_size=min_size)
+    res["init_sharded_equal"] = max_diff(born, state0) == 0.0
+    res["init_sharded_as_planned"] = all(a.sharding == b for a, b in zip(
+        jax.tree.leaves(born), jax.tree.leaves(param_shardings(state0, mesh, min_size=min_size))))
     return res
 
 

@@ -146,3 +146,4 @@ def test_dinov2_train_step_fsdp_equals_single_device():
     assert res["param_rel_diff"] < 1e-2, res
     assert res["out_sharded_as_planned"], res
     assert res["bytes_ratio"] < 0.3, res  # small tensors (norms, biases, pos_embed, centers) stay replicated
+    assert res["init_sharded_equal"] and res["init_sharded_as_planned"], res

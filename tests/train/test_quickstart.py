@@ -175,3 +175,20 @@ def test_nan_loss_stops_with_iteration_and_keeps_checkpoint(tmp_path):
     for leaf in jax.tree.leaves(state):
         if np.issubdtype(leaf.dtype, np.floating):
             assert np.all(np.isfinite(leaf))
+
+
+@pytest.mark.heavy
+def test_two_device_mesh_run_and_resume(tmp_path):
+    """2 CPU devices (data axis 2): batch sharded over the mesh, checkpoint restored onto the mesh."""
+    out = tmp_path / "run"
+    e = dict(env(), XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    args = cli(out, "--config.train.batch_size_per_gpu=2", "--config.train.max_iterations=2")
+    r = subprocess.run(args, cwd=ROOT, env=e, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    cfg = json.load(open(out / "config.json"))
+    assert cfg["optim"]["lr"] == pytest.approx(0.004 * (4 / 1024) ** 0.5)  # global batch 2 x 2 devices
+    args = cli(out, "--config.train.batch_size_per_gpu=2", "--config.train.max_iterations=3")
+    r = subprocess.run(args, cwd=ROOT, env=e, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    got = losses(out)
+    assert sorted(got) == [0, 1, 2] and all(np.isfinite(v) for v in got.values())

@@ -198,3 +198,23 @@ def test_bfloat16_compute_keeps_fp32_params(golden):
     for k in LOSS_KEYS:
         assert m[k].dtype == jnp.float32
         np.testing.assert_allclose(m[k], golden[f"center/it0/loss/{k}"], rtol=5e-2, err_msg=k)
+
+
+@pytest.mark.heavy
+def test_stochastic_depth_uses_state_rng(golden):
+    """drop_path_rate > 0: the student forward depends on state.rng only (same key -> same step, another key
+    -> another loss), and the key advances every step."""
+    cfg = tiny_cfg()
+    cfg.student.drop_path_rate = 0.5
+    state = official_state(golden, "center", cfg)
+    batch, hp = batch_hp(golden, "center", 0)
+    step = jax.jit(make_train_step(cfg, arch_overrides=TINY))
+    s1, m1 = step(state, batch, hp)
+    _, m1b = step(state, batch, hp)
+    _, m2 = step(state.replace(rng=jax.random.key(123)), batch, hp)
+    np.testing.assert_array_equal(m1["loss"], m1b["loss"])
+    assert float(m1["loss"]) != float(m2["loss"])
+    assert not np.array_equal(jax.random.key_data(s1.rng), jax.random.key_data(state.rng))
+    # the teacher never drops paths: its targets, hence the centers, do not depend on the key
+    np.testing.assert_allclose(apply_pending(s1.dino_center).center, golden["center/it0/dino_center"],
+                               rtol=1e-5, atol=1e-6)

@@ -57,7 +57,7 @@ def toy_components(kill_at=None):
                 return jnp.mean((batch["x"] @ w - batch["y"]) ** 2) + noise
 
             loss, g = jax.value_and_grad(loss_fn)(state["w"])
-            new = {"w": state["w"] - hp["lr"] * g, "step": state["step"] + 1, "rng": rng}
+            new = {**state, "w": state["w"] - hp["lr"] * g, "step": state["step"] + 1, "rng": rng}
             return new, {"total_loss": loss, "grad_norm/backbone": jnp.linalg.norm(g)}
         return step
 
