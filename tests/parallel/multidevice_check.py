@@ -127,7 +127,7 @@ def mlp_case(mesh):
         return {"params": p, "opt": tx.init(p)}
 
     born = init_sharded(init, mesh, key)
-    res["init_sharded_equal"] = max_diff(born, state) == 0.0
+    res["init_sharded_max_diff"] = max_diff(born, state)
     res["init_sharded_as_planned"] = all(a.sharding == b for a, b in zip(
         jax.tree.leaves(born), jax.tree.leaves(param_shardings(state, mesh))))
     return res
@@ -185,7 +185,7 @@ def dino_case(mesh, min_size, drop_path=0.1):
     # the DINOv2 state created directly sharded (jit with out_shardings) equals the one placed afterwards
     born = init_sharded(lambda k: create_train_state(cfg, k, arch_overrides=arch), mesh, jax.random.key(0),
                         min_size=min_size)
-    res["init_sharded_equal"] = max_diff(born, state0) == 0.0
+    res["init_sharded_max_diff"] = max_diff(born, state0)  # jit vs eager init: ulp-level (cls_token 2e-13)
     res["init_sharded_as_planned"] = all(a.sharding == b for a, b in zip(
         jax.tree.leaves(born), jax.tree.leaves(param_shardings(state0, mesh, min_size=min_size))))
     return res
