@@ -332,7 +332,6 @@ def train(cfg: ml_collections.ConfigDict, components: Components | None = None, 
 
     stopping = False
     try:
-        it = start_it
         for it in range(start_it, last_it + 1):
             t_data = time.time()
             batch = next(loader)
@@ -363,7 +362,9 @@ def train(cfg: ml_collections.ConfigDict, components: Components | None = None, 
                 })
                 t_window, n_window = time.time(), 0
             if do_eval:
+                t_eval = time.time()
                 run_periodic_eval(cfg, comp, state, it, output_dir, logger)
+                t_window += time.time() - t_eval  # evaluation time is not training throughput
             if do_ckpt:
                 save(it + 1)
             if stopping:

@@ -1,6 +1,7 @@
 """Checker run in a subprocess with 8 simulated CPU devices (see test_sharding.py).
 
     XLA_FLAGS=--xla_force_host_platform_device_count=8 JAX_PLATFORMS=cpu python tests/parallel/multidevice_check.py mlp
+    ... multidevice_check.py dino MIN_SIZE DROP_PATH DATA,FSDP,TENSOR
 
 Trains the same model for a few steps on one device and on a (data=2, fsdp=4) mesh from the same
 initial state and batches; prints one JSON line: loss / param max-abs differences and the
@@ -194,7 +195,10 @@ def dino_case(mesh, min_size, drop_path=0.1):
 def main():
     case = sys.argv[1]
     assert jax.device_count() == 8, f"need 8 devices, got {jax.device_count()} (set XLA_FLAGS)"
-    mesh = make_mesh({"data": 2, "fsdp": 4, "tensor": 1})
+    # optional last argument "DATA,FSDP,TENSOR" (default 2,4,1)
+    shape = sys.argv[4] if len(sys.argv) > 4 else "2,4,1"
+    d, f, t = (int(x) for x in shape.split(","))
+    mesh = make_mesh({"data": d, "fsdp": f, "tensor": t})
     if case == "mlp":
         res = mlp_case(mesh)
     elif case == "dino":

@@ -1,6 +1,5 @@
 """Orbax checkpoint wrapper (dinov2_jax/train/checkpoint.py)."""
 import json
-import os
 import shutil
 
 import jax
