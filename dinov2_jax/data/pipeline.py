@@ -1,8 +1,9 @@
 """Grain input pipelines: the infinite multi-crop SSL train loader and the labelled eval loader.
 
 Train (`make_train_loader`), per process:
-  source -> shuffle(seed) -> repeat() [infinite; reshuffled every epoch] -> [process_index::process_count]
+  source -> shuffle(seed) -> repeat() [infinite; reshuffled every epoch]
   -> random_map(DataAugmentationDINO) [per-element Generator from (seed, global index)]
+  -> [process_index::process_count]
   -> drop unreadable images -> batch(B) + collate (iBOT masks from random.Random(seed, first index))
   -> worker processes (mp_prefetch) when num_workers > 0.
 Every random draw is a function of (seed, element index), so the stream is identical for a given
@@ -102,10 +103,14 @@ def default_batch_size_per_process(cfg, batch_size_per_process: int | None = Non
     return int(cfg.train.batch_size_per_gpu) * jax.local_device_count()
 
 
+def shuffled_stream(src, seed: int) -> grain.MapDataset:
+    """Infinite stream of `src` elements: a global seeded permutation per epoch, reshuffled each epoch."""
+    return grain.MapDataset.source(src).shuffle(seed=seed).repeat()
+
+
 def shuffled_shard(src, seed: int, process_index: int, process_count: int) -> grain.MapDataset:
-    """Infinite stream of `src` elements for one process: a global seeded permutation per epoch
-    (reshuffled each epoch), every process takes elements process_index::process_count of it."""
-    return grain.MapDataset.source(src).shuffle(seed=seed).repeat()[process_index::process_count]
+    """Elements process_index::process_count of `shuffled_stream(src, seed)` (one process's share)."""
+    return shuffled_stream(src, seed)[process_index::process_count]
 
 
 def _check_some_readable(src, seed: int, probe: int = 16) -> None:
@@ -148,8 +153,11 @@ def make_train_loader(cfg, *, seed: int | None = None, process_index: int | None
     gen = MaskingGenerator((grid, grid), max_num_patches=0.5 * n_tokens)
     batch_fn = _Collate(gen, seed, mask_upperbound(B, n_tokens, ratio, prob), ratio, prob)
 
-    ds = shuffled_shard(src, seed, process_index, process_count)
-    ds = ds.random_map(_Augment(aug), seed=seed).map_with_index(_attach_index)
+    # Augmentation RNGs and the attached index (which seeds the masks) come from the position in the
+    # *global* stream, taken before the per-process slice: otherwise every process would draw the same
+    # crops/masks for its i-th image. The MapDataset is lazy, so each process only decodes its share.
+    ds = shuffled_stream(src, seed).random_map(_Augment(aug), seed=seed).map_with_index(_attach_index)
+    ds = ds[process_index::process_count]
     it_ds = ds.to_iter_dataset()  # drops the None (unreadable) elements
     it_ds = it_ds.batch(B, drop_remainder=True, batch_fn=batch_fn)
     if num_workers > 0:

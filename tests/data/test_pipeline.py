@@ -145,3 +145,19 @@ def test_unreadable_dataset_fails_fast(tmp_path):
     with pytest.raises(ValueError, match="could be decoded"):
         make_train_loader(_cfg(f"folder:{tmp_path}"), process_index=0, process_count=1, batch_size_per_process=2,
                           num_workers=0)
+
+
+def test_processes_draw_augmentations_of_the_global_stream(tmp_path):
+    """Process p's i-th image is global stream element i*P+p with *that element's* random crops, so
+    processes never share augmentation draws (they would if RNGs came from the per-process index)."""
+    rng = np.random.default_rng(1)
+    for i in range(8):
+        Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(tmp_path / f"{i}.png")
+    cfg = _cfg(f"folder:{tmp_path}")
+    whole = next(make_train_loader(cfg, process_index=0, process_count=1, batch_size_per_process=4,
+                                   num_workers=0))["collated_global_crops"]
+    whole = whole.reshape(2, 4, *whole.shape[1:])  # [crop, image, ...], crop-major
+    for p in range(2):
+        part = next(make_train_loader(cfg, process_index=p, process_count=2, batch_size_per_process=2,
+                                      num_workers=0))["collated_global_crops"]
+        np.testing.assert_array_equal(part.reshape(2, 2, *part.shape[1:]), whole[:, p::2])
