@@ -48,7 +48,10 @@ def main(argv):
     del argv
     from absl import logging as absl_logging
 
+    from dinov2_jax.parallel.distributed import initialize_from_env
     from dinov2_jax.train import trainer
+
+    initialize_from_env()  # multi-host (SLURM / TPU pod / explicit coordinator); no-op for one process
 
     if not flags.FLAGS["verbosity"].present:  # orbax logs every save at INFO; --verbosity=0 shows them
         absl_logging.set_verbosity(absl_logging.WARNING)

@@ -1,6 +1,6 @@
 """Orbax checkpoints of a training run: train state + data-iterator state + merged config.
 
-Layout: `output_dir/ckpt/<step>/{state,data,config}` where `step` is the number of completed
+Layout: `output_dir/ckpt/<step>/{state,data,config}` (`data`: one iterator state per process) where `step` is the number of completed
 iterations, i.e. the iteration a resumed run starts at. Orbax writes each step into a temporary
 directory (`<step>.orbax-checkpoint-tmp-*`) and renames it when complete, so a run killed mid-save
 leaves no directory that `latest_step()` would pick up. Saves are asynchronous: device arrays are
@@ -45,6 +45,23 @@ def _from_jsonable(x: Any) -> Any:
     return x
 
 
+def _gather_per_process(obj: Any) -> list:
+    """[obj of process 0, ..., obj of process P-1] on every process (JSON through a uint8 all-gather).
+
+    Each process reads its own shard of the data, so each has its own iterator state; Orbax's JsonSave
+    writes from the primary process only, so all states travel to it first."""
+    if jax.process_count() == 1:
+        return [obj]
+    from jax.experimental import multihost_utils
+
+    raw = np.frombuffer(json.dumps(obj).encode(), np.uint8)
+    sizes = multihost_utils.process_allgather(np.array([raw.size], np.int64)).reshape(-1)
+    buf = np.zeros(int(sizes.max()), np.uint8)
+    buf[:raw.size] = raw
+    bufs = multihost_utils.process_allgather(buf).reshape(len(sizes), -1)
+    return [json.loads(bytes(b[:n]).decode()) for b, n in zip(bufs, sizes)]
+
+
 def _is_key(x: Any) -> bool:
     return isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
 
@@ -69,6 +86,16 @@ def _data_to_keys(restored: Any, like: Any) -> Any:
         lambda r, t: jax.random.wrap_key_data(r, impl=jax.random.key_impl(t)) if _is_key(t) else r, restored, like)
 
 
+def _this_process(data: dict, step: int) -> Any:
+    """This process's data-iterator state out of the saved per-process list."""
+    states = data["per_process"]
+    if len(states) != jax.process_count():
+        raise ValueError(
+            f"checkpoint {step} holds data-iterator states of {len(states)} processes, but this run has "
+            f"{jax.process_count()}: resume with the same number of processes (each reads its own data shard)")
+    return _from_jsonable(states[jax.process_index()])
+
+
 class Checkpointer:
     """Keeps the last `max_to_keep` checkpoints of a run in `directory`."""
 
@@ -89,7 +116,7 @@ class Checkpointer:
         """Starts saving; returns once arrays are on host (the files are written asynchronously)."""
         args = ocp.args.Composite(
             state=ocp.args.StandardSave(_keys_to_data(state)),
-            data=ocp.args.JsonSave(_to_jsonable(data_state)),
+            data=ocp.args.JsonSave({"per_process": _gather_per_process(_to_jsonable(data_state))}),
             config=ocp.args.JsonSave(json.loads(config_json)),
         )
         self._manager.save(step, args=args, force=True)
@@ -106,7 +133,7 @@ class Checkpointer:
         )
         out = self._manager.restore(step, args=args)
         state = _data_to_keys(out.state, like_state)
-        return state, _from_jsonable(out.data), out.config
+        return state, _this_process(out.data, step), out.config
 
     def restore_raw(self, step: int) -> tuple[Any, Any, dict]:
         """Restores `step` without a target: the state as nested dicts of host numpy arrays
@@ -117,7 +144,7 @@ class Checkpointer:
             config=ocp.args.JsonRestore(),
         )
         out = self._manager.restore(step, args=args)
-        return jax.tree.map(np.asarray, out.state), _from_jsonable(out.data), out.config
+        return jax.tree.map(np.asarray, out.state), _this_process(out.data, step), out.config
 
     def wait(self) -> None:
         """Blocks until the last asynchronous save is on disk."""

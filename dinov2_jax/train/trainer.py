@@ -82,12 +82,7 @@ def default_components() -> Components:
         return jax.jit(ts.make_train_step(cfg, arch_overrides=arch_overrides(cfg)), donate_argnums=0)
 
     def make_loader(cfg, seed):
-        if jax.process_count() > 1:
-            # the collated mask indices address one host's batch; a global index list needs
-            # cross-host collation, which the pipeline does not do yet
-            raise NotImplementedError("multi-process training: the iBOT mask indices are collated per host; "
-                                      "run one process per host with all its devices, single host for now")
-        # one loader per process feeds all its local devices
+        # one loader per process feeds all its local devices; `_put_batch` assembles the global batch
         return make_train_loader(cfg, seed=seed,
                                  batch_size_per_process=cfg.train.batch_size_per_gpu * jax.local_device_count())
 
@@ -212,11 +207,11 @@ def _loss_of(metrics: dict[str, float]) -> float:
 def _put_batch(batch: dict, mesh) -> dict:
     if mesh is None:
         return jax.device_put(batch)
-    from dinov2_jax.parallel.sharding import make_global_batch
+    from dinov2_jax.parallel.sharding import make_global_dinov2_batch
 
-    # Masked-token indices address the flattened global batch: they are global values, not per-example.
-    replicated = [k for k in ("mask_indices_list", "masks_weight", "n_masked_patches") if k in batch]
-    return make_global_batch(batch, mesh, replicated_keys=replicated)
+    # Crop-major rows and masked-token lists of the *global* batch (a plain concatenation of the
+    # processes' batches would pair crops of different images and keep per-process mask indices).
+    return make_global_dinov2_batch(batch, mesh)
 
 
 def build_mesh(cfg: ml_collections.ConfigDict):
