@@ -155,7 +155,7 @@ def dino_batch(rng, B, n_local, g_size, l_size, patch, mask_ub):
 
 
 def dino_case(mesh, min_size, drop_path=0.1):
-    """helper C's DINOv2 train step on a tiny ViT: 1 device vs the mesh, same state and batches."""
+    """The DINOv2 train step (dinov2_jax.train.train_step) on a tiny ViT: 1 device vs the mesh, same state and batches."""
     from configs.ssl_default import get_config
     from dinov2_jax.train.train_step import create_train_state, make_train_step
 
