@@ -172,7 +172,8 @@ def bench_backbone(args):
     dtype = jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32
     model = build_backbone(arch, patch_size=args.patch_size, img_size=args.img_size, embed_dim=dim, depth=depth,
                            num_heads=heads, ffn_layer=ffn, init_values=1e-5, num_register_tokens=args.registers,
-                           attn_impl=args.attn, remat=args.remat, dtype=dtype, drop_path_rate=args.drop_path,
+                           attn_impl=args.attn, remat=args.remat, scan_blocks=args.scan_blocks, dtype=dtype,
+                           drop_path_rate=args.drop_path,
                            drop_path_uniform=True, rngs=nnx.Rngs(0))
     graph, params = nnx.split(model, nnx.Param)
     tx = optax.adamw(1e-4, weight_decay=0.04)
@@ -202,7 +203,7 @@ def bench_backbone(args):
     flops = backbone_step_flops(args.arch, args.img_size, args.patch_size, args.batch_size, args.registers)
     dev = jax.devices()[0]
     return summarize("jax", dev.device_kind, args, times, flops, args.batch_size, _peak_memory(dev),
-                     {"mode": "backbone", "attn": model.attn_impl, "remat": args.remat, "compile_s": compile_s,
+                     {"mode": "backbone", "attn": model.attn_impl, "remat": args.remat, "scan_blocks": args.scan_blocks, "compile_s": compile_s,
                       "drop_path": args.drop_path})
 
 
@@ -221,6 +222,7 @@ def bench_dinov2(args):
     cfg.student.ffn_layer = ffn
     cfg.student.attn_impl = args.attn
     cfg.student.remat = args.remat
+    cfg.student.scan_blocks = args.scan_blocks
     cfg.student.drop_path_rate = args.drop_path
     cfg.student.num_register_tokens = args.registers
     cfg.compute_precision.compute_dtype = args.dtype
@@ -269,7 +271,7 @@ def bench_dinov2(args):
                               (args.head_hidden, args.head_bottleneck, args.prototypes), n_masked, args.registers)
     dev = jax.devices()[0]
     return summarize("jax", dev.device_kind, args, times, flops, B, _peak_memory(dev),
-                     {"mode": "dinov2", "attn": args.attn, "remat": args.remat, "compile_s": compile_s,
+                     {"mode": "dinov2", "attn": args.attn, "remat": args.remat, "scan_blocks": args.scan_blocks, "compile_s": compile_s,
                       "n_local": nl, "local_size": s, "drop_path": args.drop_path})
 
 
@@ -280,6 +282,8 @@ def main(argv=None):
     ap.add_argument("--attn", default="xla", choices=["auto", "xla", "cudnn", "pallas"],
                     help="attention backend (cudnn/pallas need a GPU; pallas runs interpreted on CPU)")
     ap.add_argument("--remat", default="none", choices=["none", "full", "dots"])
+    ap.add_argument("--scan-blocks", action=argparse.BooleanOptionalAction, default=True,
+                    help="blocks under lax.scan (default, as configs/ssl_default.py) or a Python loop")
     ap.add_argument("--drop-path", type=float, default=0.0, help="stochastic depth rate (0 = off, as torch side)")
     ap.add_argument("--n-local", type=int, default=8, help="dinov2 mode: local crops per image")
     ap.add_argument("--local-size", type=int, default=98, help="dinov2 mode: local crop size")

@@ -77,6 +77,9 @@ def get_config() -> ml_collections.ConfigDict:
     # JAX extras
     c.student.attn_impl = "auto"  # auto | xla | cudnn | pallas  (auto: cudnn on GPU, else xla)
     c.student.remat = "none"  # none | full | dots  (activation checkpointing per block)
+    # Run the blocks under lax.scan (same math and parameter tree; compile time independent of depth,
+    # faster backward on XLA:CPU, see docs/benchmarks.md). False: a Python loop of blocks.
+    c.student.scan_blocks = True
 
     c.teacher = ml_collections.ConfigDict()
     c.teacher.momentum_teacher = 0.992

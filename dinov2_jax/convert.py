@@ -149,7 +149,7 @@ def infer_arch(sd: Mapping[str, Any], **overrides) -> dict:
         drop_path_uniform=False, init_values=1.0 if "blocks.0.ls1.gamma" in shape else None,
         ffn_layer=ffn, num_register_tokens=n_reg,
         interpolate_antialias=bool(n_reg), interpolate_offset=0.0 if n_reg else 0.1,
-        attn_impl="auto", dtype="float32", remat="none")
+        attn_impl="auto", dtype="float32", remat="none", scan_blocks=False)
     unknown = set(overrides) - set(arch)
     if unknown:
         raise ValueError(f"Unknown architecture overrides {sorted(unknown)}; valid: {sorted(arch)}.")

@@ -39,6 +39,11 @@ class DinoVisionTransformer(nnx.Module):
     `attn_impl`: "auto" | "xla" | "cudnn" | "pallas" (see layers/attention.py).
     `dtype`: compute dtype of activations / matmuls (params stay float32; norms and softmax in float32).
     `remat`: "none" | "full" | "dots" (rematerialise each block; "dots" saves matmul outputs).
+    `scan_blocks`: run runs of identical blocks under one `lax.scan` (their params are stacked on the fly,
+    so the parameter tree and checkpoints stay `blocks.{i}`). Same math; compile time no longer grows
+    with depth, and the residual-stream gradient becomes a loop carry (XLA:CPU otherwise recomputes it
+    per block). Blocks are identical unless their drop-path rates differ (`drop_path_uniform=False`
+    with a rate > 0): each run of equal rates is one scan.
     """
 
     def __init__(self, img_size: int = 224, patch_size: int = 16, in_chans: int = 3, embed_dim: int = 768,
@@ -47,7 +52,7 @@ class DinoVisionTransformer(nnx.Module):
                  drop_path_uniform: bool = False, init_values: float | None = None, ffn_layer: str = "mlp",
                  num_register_tokens: int = 0, interpolate_antialias: bool = False,
                  interpolate_offset: float = 0.1, attn_impl: str = "xla", dtype=jnp.float32,
-                 remat: str = "none", *, rngs: nnx.Rngs):
+                 remat: str = "none", scan_blocks: bool = False, *, rngs: nnx.Rngs):
         if remat not in REMAT_POLICIES:
             raise ValueError(f"Unknown remat {remat!r}; choose one of {REMAT_POLICIES}.")
         if num_register_tokens < 0:
@@ -60,7 +65,8 @@ class DinoVisionTransformer(nnx.Module):
             proj_bias=proj_bias, drop_path_rate=float(drop_path_rate), drop_path_uniform=drop_path_uniform,
             init_values=init_values, ffn_layer=ffn_layer, num_register_tokens=num_register_tokens,
             interpolate_antialias=interpolate_antialias, interpolate_offset=float(interpolate_offset),
-            attn_impl=attn_impl, dtype=_dtype_name(dtype), remat=remat)
+            attn_impl=attn_impl, dtype=_dtype_name(dtype), remat=remat,
+            scan_blocks=bool(scan_blocks))
         self.embed_dim = self.num_features = embed_dim
         self.n_blocks = depth
         self.num_heads = num_heads
@@ -70,6 +76,7 @@ class DinoVisionTransformer(nnx.Module):
         self.interpolate_offset = float(interpolate_offset)
         self.dtype = dtype
         self.remat = remat
+        self.scan_blocks = bool(scan_blocks)
         self.attn_impl = resolve_attn_impl(attn_impl, dtype)
 
         self.patch_embed = PatchEmbed(patch_size, in_chans, embed_dim, dtype=dtype, rngs=rngs)
@@ -121,15 +128,44 @@ class DinoVisionTransformer(nnx.Module):
             t = jnp.concatenate([t[:, :1], reg, t[:, 1:]], axis=1)
         return t
 
+    def _remat_policy(self):
+        return jax.checkpoint_policies.checkpoint_dots if self.remat == "dots" else None
+
     def _run_block(self, i: int, x: jax.Array, key: jax.Array | None) -> jax.Array:
         blk = self.blocks[i]
         if self.remat == "none":
             return blk(x, key)
-        policy = jax.checkpoint_policies.checkpoint_dots if self.remat == "dots" else None
-        return nnx.remat(lambda m, y, k: m(y, k), policy=policy)(blk, x, key)
+        return nnx.remat(lambda m, y, k: m(y, k), policy=self._remat_policy())(blk, x, key)
 
-    def _block_keys(self, key):
-        return [None] * self.n_blocks if key is None else list(jax.random.split(key, self.n_blocks))
+    def _scan_run(self, start: int, stop: int, x: jax.Array, keys: jax.Array | None) -> jax.Array:
+        """Blocks [start, stop) (identical static config) as one `lax.scan` over stacked params."""
+        graphdef = nnx.graphdef(self.blocks[start])
+        states = [nnx.state(self.blocks[i]) for i in range(start, stop)]
+        stacked = jax.tree.map(lambda *leaves: jnp.stack(leaves), *states)
+
+        def step(y, xs):
+            state, k = xs
+            return nnx.merge(graphdef, state)(y, k), None
+
+        if self.remat != "none":
+            step = jax.checkpoint(step, policy=self._remat_policy())
+        x, _ = jax.lax.scan(step, x, (stacked, None if keys is None else keys[start:stop]))
+        return x
+
+    def _run_blocks(self, x: jax.Array, start: int, stop: int, keys: jax.Array | None) -> jax.Array:
+        """Blocks [start, stop); `keys` None (deterministic) or `[depth]` stochastic-depth keys."""
+        i = start
+        while i < stop:
+            j = i + 1
+            if self.scan_blocks:  # extend the run while the static config (drop rate) is equal
+                while j < stop and self.drop_path_rates[j] == self.drop_path_rates[i]:
+                    j += 1
+            if j - i > 1:
+                x = self._scan_run(i, j, x, keys)
+            else:
+                x = self._run_block(i, x, None if keys is None else keys[i])
+            i = j
+        return x
 
     def forward_features(self, x: jax.Array, masks: jax.Array | None = None, *, key: jax.Array | None = None):
         """x [B, H, W, C] -> dict: x_norm_clstoken [B, D], x_norm_regtokens [B, R, D],
@@ -147,8 +183,7 @@ class DinoVisionTransformer(nnx.Module):
             keys = [None] * len(x) if key is None else list(jax.random.split(key, len(x)))
             return [self.forward_features(xi, mi, key=ki) for xi, mi, ki in zip(x, masks, keys)]
         t = self.prepare_tokens_with_masks(x, masks)
-        for i, k in enumerate(self._block_keys(key)):
-            t = self._run_block(i, t, k)
+        t = self._run_blocks(t, 0, self.n_blocks, None if key is None else jax.random.split(key, self.n_blocks))
         t_norm = self.norm(t)
         r = self.num_register_tokens
         return {
@@ -179,17 +214,17 @@ class DinoVisionTransformer(nnx.Module):
                 raise ValueError(f"n={n} must be between 1 and depth={self.n_blocks}.")
             take = list(range(self.n_blocks - n, self.n_blocks))
         else:
-            take = sorted(int(i) for i in n)
+            take = sorted({int(i) for i in n})
             bad = [i for i in take if not 0 <= i < self.n_blocks]
             if bad:
                 raise ValueError(f"block indices {bad} out of range for depth {self.n_blocks}.")
         b, h, w, _ = x.shape
         t = self.prepare_tokens_with_masks(x)
-        outputs = []
-        for i in range(max(take) + 1):
-            t = self._run_block(i, t, None)
-            if i in take:
-                outputs.append(t)
+        outputs, done = [], 0
+        for i in take:
+            t = self._run_blocks(t, done, i + 1, None)
+            outputs.append(t)
+            done = i + 1
         if norm:
             outputs = [self.norm(o) for o in outputs]
         cls = [o[:, 0] for o in outputs]

@@ -65,6 +65,7 @@ def _backbone_kwargs(cfg, teacher: bool, arch_overrides: Optional[Dict[str, Any]
               ffn_layer=s.ffn_layer, qkv_bias=s.qkv_bias, proj_bias=s.proj_bias, ffn_bias=s.ffn_bias,
               num_register_tokens=s.num_register_tokens, interpolate_antialias=s.interpolate_antialias,
               interpolate_offset=s.interpolate_offset, attn_impl=s.attn_impl, remat=s.remat,
+              scan_blocks=s.scan_blocks,
               dtype=compute_dtype(cfg))
     if not teacher:  # only the student gets stochastic depth (official build_model)
         kw.update(drop_path_rate=s.drop_path_rate, drop_path_uniform=s.drop_path_uniform)

@@ -218,6 +218,43 @@ def test_remat_same_values_and_grads():
         _tiny(remat="some")
 
 
+@pytest.mark.parametrize("kw", [
+    dict(drop_path_rate=0.3, drop_path_uniform=True, init_values=0.1),  # one scan over all 4 blocks
+    dict(drop_path_rate=0.3, init_values=0.1, remat="dots"),  # linspace rates: runs of length 1
+    dict(drop_path_rate=0.0, num_register_tokens=2, ffn_layer="swiglufused", remat="full"),
+])
+def test_scan_blocks_same_values_and_grads_as_loop(kw):
+    x = jax.random.normal(jax.random.key(0), (4, 28, 28, 3))
+    masks = jax.random.bernoulli(jax.random.key(1), 0.4, (4, 4))
+
+    def run(scan):
+        model = _tiny(depth=4, scan_blocks=scan, **kw)
+
+        def loss(m):
+            out = m.forward_features(x, masks, key=jax.random.key(5))
+            return jnp.sum(out["x_norm_patchtokens"] ** 2) + jnp.sum(out["x_norm_clstoken"])
+        value, grads = nnx.jit(nnx.value_and_grad(loss))(model)
+        inter = model.get_intermediate_layers(x, n=[0, 2, 3], return_class_token=True)
+        return value, grads, inter
+
+    v0, g0, i0 = run(False)
+    v1, g1, i1 = run(True)
+    np.testing.assert_allclose(float(v1), float(v0), rtol=1e-6)
+    assert jax.tree.structure(g1) == jax.tree.structure(g0)  # parameter tree unchanged: blocks.{i}
+    for a, b in zip(jax.tree.leaves(g0), jax.tree.leaves(g1)):
+        np.testing.assert_allclose(np.asarray(b), np.asarray(a), atol=1e-6, rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(i0), jax.tree.leaves(i1)):
+        np.testing.assert_allclose(np.asarray(b), np.asarray(a), atol=1e-6, rtol=1e-5)
+
+
+def test_scan_blocks_traces_one_block_per_run():
+    """A uniform-rate model scans all blocks: the jaxpr holds one scan and no per-block copies."""
+    x = jnp.ones((2, 28, 28, 3))
+    jaxpr = str(jax.make_jaxpr(lambda m: m(x))(_tiny(depth=6, scan_blocks=True)))
+    assert jaxpr.count("scan[") == 1
+    assert str(jax.make_jaxpr(lambda m: m(x))(_tiny(depth=6))).count("scan[") == 0
+
+
 def test_get_intermediate_layers_errors_and_layout():
     model = _tiny(depth=3, num_register_tokens=2)
     x = jnp.ones((1, 28, 42, 3))
