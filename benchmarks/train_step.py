@@ -203,8 +203,8 @@ def bench_backbone(args):
     flops = backbone_step_flops(args.arch, args.img_size, args.patch_size, args.batch_size, args.registers)
     dev = jax.devices()[0]
     return summarize("jax", dev.device_kind, args, times, flops, args.batch_size, _peak_memory(dev),
-                     {"mode": "backbone", "attn": model.attn_impl, "remat": args.remat, "scan_blocks": args.scan_blocks, "compile_s": compile_s,
-                      "drop_path": args.drop_path})
+                     {"mode": "backbone", "attn": model.attn_impl, "remat": args.remat, "scan_blocks": args.scan_blocks,
+                      "compile_s": compile_s, "drop_path": args.drop_path})
 
 
 def bench_dinov2(args):
@@ -271,8 +271,8 @@ def bench_dinov2(args):
                               (args.head_hidden, args.head_bottleneck, args.prototypes), n_masked, args.registers)
     dev = jax.devices()[0]
     return summarize("jax", dev.device_kind, args, times, flops, B, _peak_memory(dev),
-                     {"mode": "dinov2", "attn": args.attn, "remat": args.remat, "scan_blocks": args.scan_blocks, "compile_s": compile_s,
-                      "n_local": nl, "local_size": s, "drop_path": args.drop_path})
+                     {"mode": "dinov2", "attn": args.attn, "remat": args.remat, "scan_blocks": args.scan_blocks,
+                      "compile_s": compile_s, "n_local": nl, "local_size": s, "drop_path": args.drop_path})
 
 
 def main(argv=None):
