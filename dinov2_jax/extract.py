@@ -42,9 +42,9 @@ def load_image(path: str, image_size: int = 224, resize_size: int | None = None)
     """Path -> eval-transformed float32 [image_size, image_size, 3]."""
     from PIL import Image
 
-    from dinov2_jax.data.augmentations import eval_transform
+    from dinov2_jax.data.augmentations import eval_resize_size, eval_transform
 
-    resize_size = resize_size or int(round(image_size * 256 / 224))
+    resize_size = resize_size or eval_resize_size(image_size)
     with Image.open(path) as img:
         return eval_transform(img.convert("RGB"), resize_size=resize_size, crop_size=image_size)
 

@@ -255,6 +255,11 @@ class DataAugmentationDINO:
 # ----------------------------------------------------------------------------- evaluation
 
 
+def eval_resize_size(crop_size: int) -> int:
+    """Official resize-then-crop ratio 256/224, for any crop size (224 -> 256, 518 -> 592)."""
+    return int(round(crop_size * 256 / 224))
+
+
 def eval_transform(image, resize_size: int = 256, crop_size: int = 224) -> np.ndarray:
     """Official eval transform: Resize(shorter side -> resize_size, bicubic), CenterCrop, normalise.
 

@@ -255,12 +255,13 @@ def get_args_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     args = get_args_parser().parse_args(argv)
+    from dinov2_jax.data.augmentations import eval_resize_size
     from dinov2_jax.hub import load_for_eval
 
     model = load_for_eval(args.weights, args.arch, allow_random_init=args.allow_random_init, dtype=args.dtype)
     results = knn_eval(model, args.train_dataset, args.val_dataset, batch_size=args.batch_size,
                        nb_knn=args.nb_knn, temperature=args.temperature, image_size=args.image_size,
-                       resize_size=int(round(args.image_size * 256 / 224)), max_samples=args.max_samples,
+                       resize_size=eval_resize_size(args.image_size), max_samples=args.max_samples,
                        num_workers=args.num_workers)
     out_dir = os.path.dirname(os.path.abspath(args.output))
     os.makedirs(out_dir, exist_ok=True)

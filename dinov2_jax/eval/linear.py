@@ -357,13 +357,14 @@ def get_args_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     args = get_args_parser().parse_args(argv)
+    from dinov2_jax.data.augmentations import eval_resize_size
     from dinov2_jax.hub import load_for_eval
 
     model = load_for_eval(args.weights, args.arch, allow_random_init=args.allow_random_init, dtype=args.dtype)
     res = linear_eval(model, args.train_dataset, args.val_dataset, batch_size=args.batch_size,
                       epochs=args.epochs, epoch_length=args.epoch_length, iterations=args.iterations,
                       learning_rates=args.learning_rates, augment=args.augment, image_size=args.image_size,
-                      resize_size=int(round(args.image_size * 256 / 224)), max_samples=args.max_samples,
+                      resize_size=eval_resize_size(args.image_size), max_samples=args.max_samples,
                       num_workers=args.num_workers, seed=args.seed)
     logger.info("best classifier: %s", res["best_classifier"])
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
