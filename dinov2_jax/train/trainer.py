@@ -12,7 +12,10 @@
 * a restart with the same `output_dir` restores the newest checkpoint and continues exactly
   (same batches, same random keys, same losses);
 * every `evaluation.eval_period_iterations`: the teacher is exported to `eval/training_<it>/` in the
-  converter's format and, if `evaluation.knn_train_dataset` is set, evaluated with k-NN;
+  converter's format and, if `evaluation.knn_train_dataset` is set, evaluated with k-NN, with a PCA
+  picture of its patch features on 8 validation images (`eval/training_<it>/pca.png`);
+* after every checkpoint and evaluation, `training_curves.png` (losses, schedules, gradient norms,
+  throughput, k-NN; `dinov2_jax.train.curves`) is redrawn;
 * a non-finite loss stops the run with `TrainingDivergedError` naming the iteration; nothing computed
   after the last good checkpoint is saved.
 
@@ -37,6 +40,7 @@ import numpy as np
 
 from dinov2_jax import config as config_lib
 from dinov2_jax.train.checkpoint import Checkpointer
+from dinov2_jax.train.curves import plot_training_curves
 from dinov2_jax.train.metrics_logger import MetricsLogger
 
 
@@ -54,7 +58,9 @@ class Components:
     hparams_at: Callable[[dict, int], dict]  # (schedules, it) -> {name: float}
     make_train_loader: Callable[..., Any]  # (cfg, seed=...) -> iterator with get_state/set_state
     export_teacher: Callable[..., None] | None = None  # (state, cfg, out_dir) -> None
-    teacher_backbone: Callable[..., Any] | None = None  # (state, cfg) -> callable images -> [B, D]
+    # (state, cfg) -> callable images -> [B, D]; a backbone module (with `forward_features`) also gets
+    # the PCA picture of its patch features
+    teacher_backbone: Callable[..., Any] | None = None
 
 
 ARCH_OVERRIDE_KEYS = ("embed_dim", "depth", "num_heads", "mlp_ratio")
@@ -325,6 +331,15 @@ def train(cfg: ml_collections.ConfigDict, components: Components | None = None, 
         ckpt.save(step, state, loader.get_state(), config_json)
         last_saved = step
 
+    def draw_curves():
+        # A picture must never end a long run: a failure is reported in the log, training goes on.
+        if not is_main:
+            return
+        try:
+            plot_training_curves(output_dir)
+        except Exception as e:  # noqa: BLE001 - reported, not swallowed
+            logger.info(f"WARNING: could not draw {output_dir}/training_curves.png: {e!r}")
+
     stopping = False
     try:
         for it in range(start_it, last_it + 1):
@@ -362,6 +377,8 @@ def train(cfg: ml_collections.ConfigDict, components: Components | None = None, 
                 t_window += time.time() - t_eval  # evaluation time is not training throughput
             if do_ckpt:
                 save(it + 1)
+            if do_ckpt or do_eval:
+                draw_curves()
             if stopping:
                 logger.info(f"Received signal {stop.signum} at iteration {it}: saved checkpoint "
                             f"{ckpt.directory}/{it + 1}; exiting. Restart with the same "
@@ -420,9 +437,10 @@ def run_periodic_eval(cfg, comp: Components, state, it: int, output_dir: str, lo
 
         val = cfg.evaluation.knn_val_dataset or cfg.evaluation.knn_train_dataset
         model_fn = comp.teacher_backbone(state, cfg)
+        image_size = cfg.evaluation.get("knn_image_size", 224)
+        resize_size = cfg.evaluation.get("knn_resize_size", 256)
         results = knn_eval(model_fn, cfg.evaluation.knn_train_dataset, val,
-                           image_size=cfg.evaluation.get("knn_image_size", 224),
-                           resize_size=cfg.evaluation.get("knn_resize_size", 256),
+                           image_size=image_size, resize_size=resize_size,
                            max_samples=cfg.evaluation.get("knn_max_samples", None) or None,
                            nb_knn=tuple(cfg.evaluation.get("knn_nb_knn", (10, 20, 100, 200))),
                            progress=False)
@@ -432,8 +450,34 @@ def run_periodic_eval(cfg, comp: Components, state, it: int, output_dir: str, lo
                 f.write(json.dumps({k: v}) + "\n")
         with open(os.path.join(output_dir, "knn_metrics.json"), "a") as f:
             f.write(json.dumps({"iteration": it, **results}) + "\n")
-        logger.info(f"k-NN at iteration {it}{' (random init)' if it < 0 else ''}: " + ", ".join(f"{k}={v:.2f}" for k, v in results.items()
-                                                           if "Top 1" in k))
+        logger.info(f"k-NN at iteration {it}{' (random init)' if it < 0 else ''}: "
+                    + ", ".join(f"{k}={v:.2f}" for k, v in results.items() if "Top 1" in k))
+        if jax.process_index() == 0:
+            if hasattr(model_fn, "forward_features"):
+                path = save_teacher_pca(model_fn, val, os.path.join(out_dir, "pca.png"), image_size=image_size,
+                                        resize_size=resize_size)
+                logger.info(f"PCA of the teacher's patch features: {path}")
+            else:
+                logger.info("No PCA picture: the teacher_backbone component gives no patch features")
+
+
+def save_teacher_pca(backbone, dataset: str, path: str, *, image_size: int = 224, resize_size: int = 256,
+                     n_images: int = 8) -> str:
+    """PCA picture (`dinov2_jax.visualize`) of `backbone`'s patch features on `n_images` evenly spaced
+    images of a labelled dataset spec, after the eval transform. Returns `path`."""
+    from dinov2_jax.data.augmentations import eval_transform
+    from dinov2_jax.eval.features import load_labelled_source
+    from dinov2_jax.extract import make_extract_fn
+    from dinov2_jax.visualize import save_pca_picture
+
+    src = load_labelled_source(dataset, max_samples=n_images)
+    records = (src.record(i) for i in range(len(src)))
+    images = np.stack([eval_transform(r[0], resize_size=resize_size, crop_size=image_size)
+                       for r in records if r is not None])
+    grid = image_size // backbone.patch_size
+    patches = np.asarray(jax.device_get(make_extract_fn(backbone)(images)["patch_tokens"]), np.float32)
+    save_pca_picture(images, patches.reshape(len(images), grid, grid, -1), path, max_images=n_images)
+    return path
 
 
 def export_teacher(state, cfg, out_dir: str) -> str:

@@ -84,6 +84,10 @@ def test_reduced_quickstart_runs_logs_exports_and_evaluates(tmp_path):
     knn = [json.loads(l) for l in open(out / "knn_metrics.json")]
     assert [k["iteration"] for k in knn] == [-1, 1]
     assert "('full', 10) Top 1" in knn[-1]
+    from PIL import Image
+
+    for png in (out / "training_curves.png", out / "eval" / "training_1" / "pca.png"):
+        assert np.asarray(Image.open(png)).std() > 0, png  # drawn, not blank
     step, state, data = final_state(out)
     assert step == 3 and int(state["step"]) == 3
     # the teacher export is a converter directory with the heads

@@ -133,6 +133,7 @@ def test_full_run_iterations_logs_and_checkpoints(tmp_path):
     assert os.path.exists(tmp_path / "config.yaml")
     assert comp.exported == [os.path.join(str(tmp_path), "eval", "training_5"),
                              os.path.join(str(tmp_path), "eval", "training_11")]
+    assert os.path.getsize(tmp_path / "training_curves.png") > 10_000
 
 
 def test_resume_is_exact(tmp_path):
