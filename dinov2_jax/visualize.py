@@ -86,25 +86,31 @@ def denormalize(images) -> np.ndarray:
     return np.clip(np.rint(x * 255.0), 0, 255).astype(np.uint8)
 
 
-def render_pca_grid(images, rgb_maps, path: str, *, max_images: int = 32, pad: int = 4) -> Image.Image:
+def render_pca_grid(images, rgb_maps, path: str, *, max_images: int = 32, pad: int = 4,
+                    min_height: int = 0) -> Image.Image:
     """Write a PNG grid: row i = [input image i | its PCA map upsampled (nearest) to the image size].
 
-    images [B, H, W, 3] ImageNet-normalised float; rgb_maps [B, h, w, 3] in [0, 1].
+    images [B, H, W, 3] ImageNet-normalised float; rgb_maps [B, h, w, 3] in [0, 1]. Images smaller
+    than `min_height` are shown enlarged by an integer factor (bicubic; the maps stay nearest).
     """
     images = denormalize(images)[:max_images]
     maps = np.clip(np.asarray(rgb_maps)[:max_images] * 255.0, 0, 255).astype(np.uint8)
-    n, hh, ww = images.shape[:3]
+    n, h0, w0 = images.shape[:3]
+    zoom = max(1, -(-min_height // h0))
+    hh, ww = h0 * zoom, w0 * zoom
     canvas = Image.new("RGB", (2 * ww + 3 * pad, n * hh + (n + 1) * pad), (255, 255, 255))
     for i in range(n):
         y = pad + i * (hh + pad)
-        canvas.paste(Image.fromarray(images[i]), (pad, y))
+        image = Image.fromarray(images[i])
+        canvas.paste(image if zoom == 1 else image.resize((ww, hh), Image.BICUBIC), (pad, y))
         canvas.paste(Image.fromarray(maps[i]).resize((ww, hh), Image.NEAREST), (2 * pad + ww, y))
     canvas.save(path)
     return canvas
 
 
-def save_pca_picture(images, patch_tokens, path: str, *, threshold: float = 0.5, max_images: int = 32):
+def save_pca_picture(images, patch_tokens, path: str, *, threshold: float = 0.5, max_images: int = 32,
+                     min_height: int = 0):
     """images [B, H, W, 3] (normalised), patch_tokens [B, h, w, D] -> PNG at `path`; returns the rgb maps."""
     rgb, _ = pca_rgb_maps(patch_tokens, threshold=threshold)
-    render_pca_grid(images, rgb, path, max_images=max_images)
+    render_pca_grid(images, rgb, path, max_images=max_images, min_height=min_height)
     return rgb

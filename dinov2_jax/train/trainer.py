@@ -463,20 +463,22 @@ def run_periodic_eval(cfg, comp: Components, state, it: int, output_dir: str, lo
 
 def save_teacher_pca(backbone, dataset: str, path: str, *, image_size: int = 224, resize_size: int = 256,
                      n_images: int = 8) -> str:
-    """PCA picture (`dinov2_jax.visualize`) of `backbone`'s patch features on `n_images` evenly spaced
-    images of a labelled dataset spec, after the eval transform. Returns `path`."""
+    """PCA picture (`dinov2_jax.visualize`) of `backbone`'s patch features on `n_images` images spread
+    over a labelled dataset spec (first to last), after the eval transform. Returns `path`."""
     from dinov2_jax.data.augmentations import eval_transform
     from dinov2_jax.eval.features import load_labelled_source
     from dinov2_jax.extract import make_extract_fn
     from dinov2_jax.visualize import save_pca_picture
 
-    src = load_labelled_source(dataset, max_samples=n_images)
-    records = (src.record(i) for i in range(len(src)))
+    src = load_labelled_source(dataset)
+    picks = np.unique(np.linspace(0, len(src) - 1, n_images).round().astype(np.int64))
+    records = (src.record(int(i)) for i in picks)
     images = np.stack([eval_transform(r[0], resize_size=resize_size, crop_size=image_size)
                        for r in records if r is not None])
     grid = image_size // backbone.patch_size
     patches = np.asarray(jax.device_get(make_extract_fn(backbone)(images)["patch_tokens"]), np.float32)
-    save_pca_picture(images, patches.reshape(len(images), grid, grid, -1), path, max_images=n_images)
+    save_pca_picture(images, patches.reshape(len(images), grid, grid, -1), path, max_images=n_images,
+                     min_height=160)
     return path
 
 
