@@ -52,3 +52,17 @@ def test_png_written_and_non_trivial(tmp_path):
     pca_panel = im[4:60, 64:120]
     assert len(np.unique(pca_panel.reshape(-1, 3), axis=0)) > 3
     np.testing.assert_array_equal(im[4:60, 4:60], visualize.denormalize(images)[0])
+
+
+def test_small_images_are_enlarged_by_an_integer_factor(tmp_path):
+    tokens, _ = synthetic_tokens(b=2)
+    images = np.random.default_rng(1).normal(size=(2, 56, 56, 3)).astype(np.float32)
+    path = tmp_path / "pca.png"
+    visualize.save_pca_picture(images, tokens, str(path), min_height=150)  # 56 -> x3 = 168
+    im = np.asarray(Image.open(path))
+    assert im.shape == (2 * 168 + 3 * 4, 2 * 168 + 3 * 4, 3)
+    # the map half is nearest-upsampled: constant 3x3 blocks of the 56-pixel version
+    small = tmp_path / "small.png"
+    visualize.save_pca_picture(images, tokens, str(small))
+    ref = np.asarray(Image.open(small))[4:60, 64:120]
+    np.testing.assert_array_equal(im[4:172:3, 176:344:3], ref)
