@@ -194,3 +194,28 @@ def make_augmented_batch_fn(feat_fn: Callable, src: LabelledImages, *, batch_siz
         raise ValueError(f"fewer than {batch_size} readable images in the train set")
 
     return batch_fn
+
+
+def add_eval_cli_args(p, *, default_batch_size: int, batch_help: str | None = None) -> None:
+    """The arguments the k-NN and linear-probe CLIs share: the model, the datasets, sizes and workers."""
+    p.add_argument("--weights", default=None,
+                   help="converted checkpoint dir or official .pth (omit only with --allow-random-init)")
+    p.add_argument("--arch", default=None,
+                   help="hub name (dinov2_vits14, dinov2_vits14_reg, ...); default: read from the weights")
+    p.add_argument("--allow-random-init", action="store_true", help="evaluate a random-init --arch model")
+    p.add_argument("--train-dataset", required=True, help='labelled train set: "folder:PATH" | "tfds:NAME:SPLIT" | "demo"')
+    p.add_argument("--val-dataset", required=True, help="labelled val set, same formats")
+    p.add_argument("--batch-size", type=int, default=default_batch_size, help=batch_help)
+    p.add_argument("--image-size", type=int, default=224, help="center-crop size (resize: size x 256/224)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="inference dtype")
+    p.add_argument("--max-samples", type=int, default=None,
+                   help="evaluate on an evenly spaced subset of this many images per split")
+    p.add_argument("--num-workers", type=int, default=0, help="image decoding worker processes")
+
+
+def load_cli_model(args):
+    """The backbone named by the shared CLI arguments (`add_eval_cli_args`)."""
+    from dinov2_jax.hub import load_for_eval
+
+    return load_for_eval(args.weights, args.arch, allow_random_init=args.allow_random_init, dtype=args.dtype)
+

@@ -26,6 +26,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dinov2_jax.eval.features import add_eval_cli_args, load_cli_model
+
 logger = logging.getLogger("dinov2_jax.eval.knn")
 
 DEFAULT_NB_KNN = (10, 20, 100, 200)
@@ -232,21 +234,9 @@ def knn_eval(
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser("python -m dinov2_jax.eval.knn", description="DINOv2 k-NN evaluation (JAX)")
-    p.add_argument("--weights", default=None,
-                   help="converted checkpoint dir or official .pth (omit only with --allow-random-init)")
-    p.add_argument("--arch", default=None,
-                   help="hub name (dinov2_vits14, dinov2_vits14_reg, ...); default: read from the weights")
-    p.add_argument("--allow-random-init", action="store_true", help="evaluate a random-init --arch model")
-    p.add_argument("--train-dataset", required=True, help='labelled train set: "folder:PATH" | "tfds:NAME:SPLIT" | "demo"')
-    p.add_argument("--val-dataset", required=True, help="labelled val set, same formats")
-    p.add_argument("--batch-size", type=int, default=256)
+    add_eval_cli_args(p, default_batch_size=256)
     p.add_argument("--nb-knn", type=int, nargs="+", default=list(DEFAULT_NB_KNN))
     p.add_argument("--temperature", type=float, default=DEFAULT_TEMPERATURE)
-    p.add_argument("--image-size", type=int, default=224)
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="inference dtype")
-    p.add_argument("--max-samples", type=int, default=None,
-                   help="evaluate on an evenly spaced subset of this many images per split")
-    p.add_argument("--num-workers", type=int, default=0, help="image decoding worker processes")
     p.add_argument("--output", default="results_eval_knn.json",
                    help="results file; one JSON object per line is appended, as the official code")
     return p
@@ -256,9 +246,8 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     args = get_args_parser().parse_args(argv)
     from dinov2_jax.data.augmentations import eval_resize_size
-    from dinov2_jax.hub import load_for_eval
 
-    model = load_for_eval(args.weights, args.arch, allow_random_init=args.allow_random_init, dtype=args.dtype)
+    model = load_cli_model(args)
     results = knn_eval(model, args.train_dataset, args.val_dataset, batch_size=args.batch_size,
                        nb_knn=args.nb_knn, temperature=args.temperature, image_size=args.image_size,
                        resize_size=eval_resize_size(args.image_size), max_samples=args.max_samples,

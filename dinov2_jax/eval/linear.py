@@ -32,6 +32,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dinov2_jax.eval.features import add_eval_cli_args, load_cli_model
+
 logger = logging.getLogger("dinov2_jax.eval.linear")
 
 LEARNING_RATES = (1e-5, 2e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2e-2, 5e-2, 0.1)
@@ -331,12 +333,7 @@ def linear_eval(
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser("python -m dinov2_jax.eval.linear", description="DINOv2 linear probe (JAX)")
-    p.add_argument("--weights", default=None, help="converted checkpoint dir or official .pth")
-    p.add_argument("--arch", default=None, help="hub name; default: read from the weights")
-    p.add_argument("--allow-random-init", action="store_true", help="evaluate a random-init --arch model")
-    p.add_argument("--train-dataset", required=True, help='"folder:PATH" | "tfds:NAME:SPLIT" | "demo"')
-    p.add_argument("--val-dataset", required=True)
-    p.add_argument("--batch-size", type=int, default=128, help="official: 128 per GPU")
+    add_eval_cli_args(p, default_batch_size=128, batch_help="official: 128 per GPU")
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--epoch-length", type=int, default=1250, help="iterations per epoch (official 1250)")
     p.add_argument("--iterations", type=int, default=None, help="total iterations (overrides epochs x length)")
@@ -344,11 +341,6 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--augment", action="store_true",
                    help="official protocol: RandomResizedCrop+flip views through the backbone every iteration "
                         "(slow); default trains on cached eval-transform features")
-    p.add_argument("--image-size", type=int, default=224)
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-    p.add_argument("--max-samples", type=int, default=None,
-                   help="evaluate on an evenly spaced subset of this many images per split")
-    p.add_argument("--num-workers", type=int, default=0, help="image decoding worker processes (cached mode)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--output", default="results_eval_linear.json", help="results file (JSON lines appended)")
     return p
@@ -358,9 +350,8 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     args = get_args_parser().parse_args(argv)
     from dinov2_jax.data.augmentations import eval_resize_size
-    from dinov2_jax.hub import load_for_eval
 
-    model = load_for_eval(args.weights, args.arch, allow_random_init=args.allow_random_init, dtype=args.dtype)
+    model = load_cli_model(args)
     res = linear_eval(model, args.train_dataset, args.val_dataset, batch_size=args.batch_size,
                       epochs=args.epochs, epoch_length=args.epoch_length, iterations=args.iterations,
                       learning_rates=args.learning_rates, augment=args.augment, image_size=args.image_size,
