@@ -202,6 +202,14 @@ class PhotometricParams:
 PHOTOMETRIC_PARAM_KEYS = ("jitter_apply", "jitter_order", "jitter_factors", "hue_shift", "gray", "blur_apply",
                           "blur_sigma", "solarize")
 
+PHOTOMETRIC_CROP_SETS = ("global", "local")
+
+
+def batch_param_key(crop_set: str, name: str) -> str:
+    """Batch key of one collated photometric parameter, e.g. ('global', 'blur_sigma') ->
+    'collated_global_blur_sigma' (flat keys: the sharding helpers split every array on its rows)."""
+    return f"collated_{crop_set}_{name}"
+
 
 def sample_color_jitter(rng: np.random.Generator, brightness=0.4, contrast=0.4, saturation=0.2, hue=0.1):
     """torchvision ColorJitter draws: op order, then b,c,s ~ U(1-x, 1+x), hue ~ U(-x, x) -> (order, factors)."""
