@@ -79,7 +79,14 @@ def default_components() -> Components:
 
     def make_train_step(cfg):
         # donate the old state: its buffers are reused for the new one (halves peak state memory)
-        return jax.jit(ts.make_train_step(cfg, arch_overrides=arch_overrides(cfg)), donate_argnums=0)
+        step = jax.jit(ts.make_train_step(cfg, arch_overrides=arch_overrides(cfg)), donate_argnums=0)
+        if not cfg.crops.get("photometric_on_device", False):
+            return step
+        from dinov2_jax.data.device_augment import augment_batch
+
+        # uint8 crops + sampled params -> the step's float32 crops, jitted on the (sharded) device batch
+        augment = jax.jit(augment_batch)
+        return lambda state, batch, hparams: step(state, augment(batch), hparams)
 
     def make_loader(cfg, seed):
         # one loader per process feeds all its local devices; `_put_batch` assembles the global batch
@@ -209,9 +216,12 @@ def _put_batch(batch: dict, mesh) -> dict:
         return jax.device_put(batch)
     from dinov2_jax.parallel.sharding import make_global_dinov2_batch
 
+    from dinov2_jax.data.device_augment import globalize_params
+
     # Crop-major rows and masked-token lists of the *global* batch (a plain concatenation of the
     # processes' batches would pair crops of different images and keep per-process mask indices).
-    return make_global_dinov2_batch(batch, mesh)
+    b_local = np.shape(batch["collated_global_crops"])[0] // 2
+    return globalize_params(make_global_dinov2_batch(batch, mesh), mesh, b_local)
 
 
 def build_mesh(cfg: ml_collections.ConfigDict):
