@@ -171,7 +171,7 @@ def normalize(img: Image.Image) -> np.ndarray:
 
 @dataclass(frozen=True)
 class PhotometricParams:
-    """Sampled photometric parameters of one crop (what `_photometric` draws, in draw order)."""
+    """Sampled photometric parameters of one crop (what `sample_photometric` draws, in draw order)."""
 
     jitter_apply: bool
     jitter_order: tuple  # permutation of (0 brightness, 1 contrast, 2 saturation, 3 hue)
@@ -322,29 +322,30 @@ class DataAugmentationDINO:
             yield crop, sample_photometric(rng, blur_prob, solarize_prob)
 
     def __call__(self, image, rng: np.random.Generator) -> dict:
-        sizes = [self.global_crops_size] * 2 + [self.local_crops_size] * self.local_crops_number
-        if not self.photometric_on_device:
-            S, s = self.global_crops_size, self.local_crops_size
-            glob = np.empty((2, S, S, 3), np.float32)
-            local = np.empty((self.local_crops_number, s, s, 3), np.float32)
-            # photometric ops right after each crop's draws (same call order as the sampling)
-            for i, (crop, params) in enumerate(self.sample_crops(image, rng)):
-                dest, j = (glob, i) if i < 2 else (local, i - 2)
-                dest[j] = normalize(apply_photometric(crop, params))
-            return {"global_crops": glob, "local_crops": local}
-        crops, params = [], []
-        for (crop, p), size in zip(self.sample_crops(image, rng), sizes):
-            crops.append(np.asarray(crop, np.uint8))
-            params.append(p.as_arrays())
+        on_device = self.photometric_on_device
+        S, s, n = self.global_crops_size, self.local_crops_size, self.local_crops_number
+        dtype = np.uint8 if on_device else np.float32
+        glob, local = np.empty((2, S, S, 3), dtype), np.empty((n, s, s, 3), dtype)
+        params = []
+        # each crop is finished right after its draws (the call order the host path always had)
+        for i, (crop, p) in enumerate(self.sample_crops(image, rng)):
+            dest, j = (glob, i) if i < 2 else (local, i - 2)
+            if on_device:
+                dest[j] = np.asarray(crop, np.uint8)
+                params.append(p.as_arrays())
+            else:
+                dest[j] = normalize(apply_photometric(crop, p))
+        out = {"global_crops": glob, "local_crops": local}
+        if on_device:
+            out["global_photometric"] = _stack_params(params[:2], params[0])
+            out["local_photometric"] = _stack_params(params[2:], params[0])
+        return out
 
-        def stacked(sl, size):
-            arr = np.stack(crops[sl]) if crops[sl] else np.empty((0, size, size, 3), np.uint8)
-            return arr, {k: np.stack([q[k] for q in params[sl]]) if params[sl] else
-                         np.empty((0,) + np.shape(params[0][k]), params[0][k].dtype) for k in PHOTOMETRIC_PARAM_KEYS}
 
-        g, g_par = stacked(slice(0, 2), self.global_crops_size)
-        loc, l_par = stacked(slice(2, None), self.local_crops_size)
-        return {"global_crops": g, "local_crops": loc, "global_photometric": g_par, "local_photometric": l_par}
+def _stack_params(rows: list, like: dict) -> dict:
+    """Per-crop param dicts -> {key: [len(rows), ...]} (shape/dtype of `like` when there are no rows)."""
+    return {k: np.stack([r[k] for r in rows]) if rows else np.empty((0,) + like[k].shape, like[k].dtype)
+            for k in PHOTOMETRIC_PARAM_KEYS}
 
 
 # ----------------------------------------------------------------------------- evaluation
