@@ -36,8 +36,9 @@ from dinov2_jax.data.augmentations import (BLUR_KERNEL_SIZE, IMAGENET_MEAN, IMAG
                                            PHOTOMETRIC_PARAM_KEYS, batch_param_key)
 
 # ----------------------------------------------------------------------------- exact float32 helpers
-# XLA may compute x / y (e.g. vectorised, or by a constant as x * (1/y)) up to 1 ulp off the IEEE
-# quotient; PIL's hue conversion truncates quotients to integers, so 1 ulp can change a level.
+# XLA may compute x / y up to 1 ulp off the IEEE quotient (seen on XLA:CPU for vectorised loops, and a
+# division by a constant may become x * (1/y)); PIL's hue conversion truncates quotients to integers,
+# so 1 ulp can change a level.
 # These helpers recover the correctly rounded / exactly truncated values with exact float32 checks.
 
 
@@ -123,8 +124,8 @@ def rgb_to_hsv(x):
     h = jnp.where(r == mx, bc - gc,
                   _round_const_plus_diff(jnp.where(g_max, 2.0, 4.0).astype(jnp.float32),
                                          jnp.where(g_max, rc, gc), jnp.where(g_max, bc, rc)))
-    # float h = fmod(h / 6.0 + 1.0, 1.0): the double steps round like float32(h / 6) here (h/6 is never
-    # within double precision of a float32 rounding boundary), so only the division must be exact.
+    # float h = fmod(h / 6.0 + 1.0, 1.0) in double, stored as float: equals float32(h / 6) for h >= 0 and
+    # 1 - float32(-h / 6) for h < 0 on every input (the exhaustive test), given an exact division.
     q = _div_rn(jnp.abs(h), jnp.full_like(h, 6.0))
     frac = jnp.where(h < 0, 1.0 - q, q)
     uh = jnp.where(gray, 0.0, _floor_times(frac, 255.0))
