@@ -176,16 +176,20 @@ def adjust_brightness(x, factor):
     return _blend(jnp.zeros_like(x), x, factor)
 
 
-def adjust_contrast(x, factor):
-    """Blend with the image's mean luma, int(mean + 0.5) (PIL ImageEnhance.Contrast)."""
-    h, w = x.shape[-3], x.shape[-2]
+def _mean_luma(lum):
+    """int(mean + 0.5) of luma [B, H, W] (PIL ImageEnhance.Contrast's grey level) -> float32 [B]."""
+    h, w = lum.shape[-2], lum.shape[-1]
     if 2 * 255 * h * w + h * w >= 2 ** 31:
         raise ValueError(f"adjust_contrast: a {h}x{w} crop overflows the int32 luma sum; use crops "
                          "smaller than ~2900x2900")
-    total = jnp.sum(luma(x).astype(jnp.int32), axis=(-2, -1))
+    total = jnp.sum(lum.astype(jnp.int32), axis=(-2, -1))
     n = h * w
-    mean = (2 * total + n) // (2 * n)  # int(total / n + 0.5), exactly
-    return _blend(mean.astype(jnp.float32)[..., None, None, None], x, factor)
+    return ((2 * total + n) // (2 * n)).astype(jnp.float32)  # int(total / n + 0.5), exactly
+
+
+def adjust_contrast(x, factor):
+    """Blend with the image's mean luma, int(mean + 0.5) (PIL ImageEnhance.Contrast)."""
+    return _blend(_mean_luma(luma(x))[..., None, None, None], x, factor)
 
 
 def adjust_saturation(x, factor):
@@ -247,13 +251,25 @@ def normalize(x):
 def color_jitter(x, order, factors, hue_shift):
     """The four jitter ops in each sample's own order. order int32 [B, 4], factors [B, 3], hue_shift [B].
 
-    Every step evaluates the four ops and keeps the sample's one (per-sample control flow is a
-    select on accelerators anyway)."""
-    for step in range(4):
-        op = order[:, step].reshape(-1, 1, 1, 1)
-        x = jnp.where(op == 0, adjust_brightness(x, factors[:, 0]),
-                      jnp.where(op == 1, adjust_contrast(x, factors[:, 1]),
-                                jnp.where(op == 2, adjust_saturation(x, factors[:, 2]), adjust_hue(x, hue_shift))))
+    Brightness, contrast and saturation are all PIL blends (with black, the mean grey, the luma image),
+    so each step is one blend with the sample's own degenerate image and factor. Hue, the costly op,
+    runs once: the blends of the steps before each sample's hue position, then hue, then the rest."""
+    hue_pos = jnp.argmax(order == 3, axis=1)
+    rows = jnp.arange(order.shape[0])
+
+    def blend_step(x, step):
+        op = order[:, step]
+        lum = luma(x)
+        degenerate = jnp.where((op == 0)[:, None, None, None], 0.0,
+                               jnp.where((op == 1)[:, None, None, None], _mean_luma(lum)[:, None, None, None],
+                                         lum[..., None]))
+        return _blend(degenerate, x, factors[rows, jnp.minimum(op, 2)])
+
+    for step in range(3):  # hue is at position >= step + 1 for these samples
+        x = jnp.where((step < hue_pos)[:, None, None, None], blend_step(x, step), x)
+    x = adjust_hue(x, hue_shift)
+    for step in range(1, 4):
+        x = jnp.where((step > hue_pos)[:, None, None, None], blend_step(x, step), x)
     return x
 
 
