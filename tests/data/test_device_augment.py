@@ -54,7 +54,8 @@ def _all_colors():
 
 
 def test_hsv_conversions_match_pil_on_every_input():
-    """Both PIL conversions, exhaustively: all 2^24 RGB colours and all 2^24 HSV triples."""
+    """Both PIL conversions, exhaustively: all 2^24 RGB colours and all 2^24 HSV triples; a hue shift
+    of all colours."""
     grid = _all_colors()
     want = np.asarray(Image.fromarray(grid, "RGB").convert("HSV"))
     got = np.asarray(jax.jit(D.rgb_to_hsv)(jnp.asarray(grid, jnp.float32)))
@@ -62,6 +63,10 @@ def test_hsv_conversions_match_pil_on_every_input():
     want = np.asarray(Image.fromarray(grid, "HSV").convert("RGB"))
     got = np.asarray(jax.jit(D.hsv_to_rgb)(jnp.asarray(grid, jnp.float32)))
     np.testing.assert_array_equal(got, want)
+    # and composed (RGB -> HSV -> shift -> RGB in one jitted function, as in the chain)
+    want = np.asarray(A.adjust_hue(Image.fromarray(grid), -0.07))
+    got = jax.jit(D.adjust_hue)(jnp.asarray(grid[None], jnp.float32), jnp.asarray([A.hue_shift(-0.07)]))
+    np.testing.assert_array_equal(np.asarray(got)[0], want)
 
 
 def test_grayscale_solarize_normalize_match_host():
