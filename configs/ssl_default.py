@@ -113,6 +113,10 @@ def get_config() -> ml_collections.ConfigDict:
     c.crops.local_crops_scale = (0.05, 0.32)
     c.crops.global_crops_size = 224
     c.crops.local_crops_size = 96
+    # JAX extra: color jitter / grayscale / blur / solarize / normalise on the accelerator (the host only
+    # decodes, crops and flips; uint8 crops + sampled params travel). Same draws as the host path; see
+    # README "Data". For GPU/TPU runs whose host CPUs limit images/s.
+    c.crops.photometric_on_device = False
 
     c.evaluation = ml_collections.ConfigDict()
     c.evaluation.eval_period_iterations = 12500  # teacher export (+ k-NN if knn_train_dataset set)

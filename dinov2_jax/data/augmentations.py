@@ -111,15 +111,19 @@ def adjust_saturation(img: Image.Image, factor: float) -> Image.Image:
     return ImageEnhance.Color(img).enhance(factor)
 
 
+def hue_shift(hue_factor: float) -> int:
+    """Hue factor in [-0.5, 0.5] -> the uint8 shift [0, 255] added (mod 256) to the PIL HSV hue channel."""
+    # int() truncates toward zero like the float->uint8 cast torchvision relies on; the modulo
+    # gives the same uint8 wrap-around for negative shifts.
+    return int(hue_factor * 255) % 256
+
+
 def adjust_hue(img: Image.Image, hue_factor: float) -> Image.Image:
     """Rotate the PIL HSV hue channel by hue_factor * 255 (uint8 wrap-around, as torchvision)."""
     if not -0.5 <= hue_factor <= 0.5:
         raise ValueError(f"hue_factor must be in [-0.5, 0.5], got {hue_factor}")
     h, s, v = img.convert("HSV").split()
-    # int() truncates toward zero like the float->uint8 cast torchvision relies on; the modulo
-    # gives the same uint8 wrap-around for negative shifts.
-    shift = int(hue_factor * 255) % 256
-    np_h = np.asarray(h, dtype=np.uint8) + np.uint8(shift)
+    np_h = np.asarray(h, dtype=np.uint8) + np.uint8(hue_shift(hue_factor))
     return Image.merge("HSV", (Image.fromarray(np_h, "L"), s, v)).convert("RGB")
 
 
@@ -165,36 +169,94 @@ def normalize(img: Image.Image) -> np.ndarray:
 # ----------------------------------------------------------------------------- composed ops
 
 
-def color_jitter(img: Image.Image, rng: np.random.Generator, brightness=0.4, contrast=0.4,
-                 saturation=0.2, hue=0.1) -> Image.Image:
-    """torchvision ColorJitter: factors b,c,s ~ U(1-x, 1+x), hue ~ U(-x, x), ops in random order."""
-    order = rng.permutation(4)
+@dataclass(frozen=True)
+class PhotometricParams:
+    """Sampled photometric parameters of one crop (what `sample_photometric` draws, in draw order)."""
+
+    jitter_apply: bool
+    jitter_order: tuple  # permutation of (0 brightness, 1 contrast, 2 saturation, 3 hue)
+    jitter_factors: tuple  # (brightness, contrast, saturation, hue) as drawn (float64)
+    gray: bool
+    blur_apply: bool
+    blur_sigma: float  # 0.0 when blur_apply is False
+    solarize: bool
+
+    def as_arrays(self) -> dict:
+        """Fixed-shape numpy arrays for batching (keys: PHOTOMETRIC_PARAM_KEYS).
+
+        Brightness / contrast / saturation become float32 (PIL's blend takes a C float, so the host
+        result is the same); hue becomes the exact integer shift `hue_shift(h)`, since rounding h to
+        float32 first could move h * 255 across an integer.
+        """
+        b, c, s, h = self.jitter_factors
+        return {"jitter_apply": np.bool_(self.jitter_apply),
+                "jitter_order": np.asarray(self.jitter_order, np.int32),
+                "jitter_factors": np.asarray((b, c, s), np.float32),
+                "hue_shift": np.int32(hue_shift(h)),
+                "gray": np.bool_(self.gray),
+                "blur_apply": np.bool_(self.blur_apply),
+                "blur_sigma": np.float32(self.blur_sigma),
+                "solarize": np.bool_(self.solarize)}
+
+
+PHOTOMETRIC_PARAM_KEYS = ("jitter_apply", "jitter_order", "jitter_factors", "hue_shift", "gray", "blur_apply",
+                          "blur_sigma", "solarize")
+
+PHOTOMETRIC_CROP_SETS = ("global", "local")
+
+
+def batch_param_key(crop_set: str, name: str) -> str:
+    """Batch key of one collated photometric parameter, e.g. ('global', 'blur_sigma') ->
+    'collated_global_blur_sigma' (flat keys: the sharding helpers split every array on its rows)."""
+    return f"collated_{crop_set}_{name}"
+
+
+def sample_color_jitter(rng: np.random.Generator, brightness=0.4, contrast=0.4, saturation=0.2, hue=0.1):
+    """torchvision ColorJitter draws: op order, then b,c,s ~ U(1-x, 1+x), hue ~ U(-x, x) -> (order, factors)."""
+    order = tuple(int(o) for o in rng.permutation(4))
     b = rng.uniform(1 - brightness, 1 + brightness)
     c = rng.uniform(1 - contrast, 1 + contrast)
     s = rng.uniform(1 - saturation, 1 + saturation)
     h = rng.uniform(-hue, hue)
+    return order, (b, c, s, h)
+
+
+def apply_color_jitter(img: Image.Image, order, factors) -> Image.Image:
+    """The four ColorJitter ops with the given factors (b, c, s, h), in `order`."""
+    ops = (adjust_brightness, adjust_contrast, adjust_saturation, adjust_hue)
     for op in order:
-        if op == 0:
-            img = adjust_brightness(img, b)
-        elif op == 1:
-            img = adjust_contrast(img, c)
-        elif op == 2:
-            img = adjust_saturation(img, s)
-        else:
-            img = adjust_hue(img, h)
+        img = ops[op](img, factors[op])
     return img
 
 
-def _photometric(img: Image.Image, rng: np.random.Generator, blur_prob: float,
-                 solarize_prob: float) -> Image.Image:
-    """Color jitter (p=0.8) -> grayscale (p=0.2) -> blur (blur_prob) -> solarize (solarize_prob)."""
-    if rng.random() < COLOR_JITTER_PROB:
-        img = color_jitter(img, rng, **JITTER)
-    if rng.random() < GRAYSCALE_PROB:
+def color_jitter(img: Image.Image, rng: np.random.Generator, brightness=0.4, contrast=0.4,
+                 saturation=0.2, hue=0.1) -> Image.Image:
+    """torchvision ColorJitter: factors b,c,s ~ U(1-x, 1+x), hue ~ U(-x, x), ops in random order."""
+    return apply_color_jitter(img, *sample_color_jitter(rng, brightness, contrast, saturation, hue))
+
+
+def sample_photometric(rng: np.random.Generator, blur_prob: float, solarize_prob: float) -> PhotometricParams:
+    """All random draws of one crop's photometric chain, in the order the chain makes them:
+    jitter? (p=0.8) [order, b, c, s, h], grayscale? (p=0.2), blur? (blur_prob; no draw if 0) [sigma],
+    solarize? (solarize_prob; no draw if 0)."""
+    jitter = rng.random() < COLOR_JITTER_PROB
+    order, factors = sample_color_jitter(rng, **JITTER) if jitter else ((0, 1, 2, 3), (1.0, 1.0, 1.0, 0.0))
+    gray = rng.random() < GRAYSCALE_PROB
+    blur = bool(blur_prob > 0 and rng.random() < blur_prob)
+    sigma = rng.uniform(*BLUR_SIGMA) if blur else 0.0
+    sol = bool(solarize_prob > 0 and rng.random() < solarize_prob)
+    return PhotometricParams(bool(jitter), order, factors, bool(gray), blur, float(sigma), sol)
+
+
+def apply_photometric(img: Image.Image, p: PhotometricParams) -> Image.Image:
+    """Color jitter -> grayscale -> blur -> solarize, each only if sampled."""
+    if p.jitter_apply:
+        img = apply_color_jitter(img, p.jitter_order, p.jitter_factors)
+    if p.gray:
         img = to_grayscale_rgb(img)
-    if blur_prob > 0 and rng.random() < blur_prob:
-        img = gaussian_blur(img, rng.uniform(*BLUR_SIGMA))
-    if solarize_prob > 0 and rng.random() < solarize_prob:
+    if p.blur_apply:
+        img = gaussian_blur(img, p.blur_sigma)
+    if p.solarize:
         img = solarize(img, 128)
     return img
 
@@ -213,6 +275,12 @@ class DataAugmentationDINO:
 
     `aug(image, rng)` -> {"global_crops": [2, S, S, 3] float32, "local_crops": [n, s, s, 3] float32},
     ImageNet-normalised, channel-last. image: PIL image or uint8 [H, W(, C)].
+
+    photometric_on_device=True: only decode + geometric ops run here; the crops stay uint8 and the
+    photometric parameters, drawn from `rng` exactly as the host path draws them, come with them:
+    {"global_crops": uint8 [2, S, S, 3], "local_crops": uint8 [n, s, s, 3],
+     "global_photometric": {key: [2, ...]}, "local_photometric": {key: [n, ...]}} (keys:
+    PHOTOMETRIC_PARAM_KEYS). `dinov2_jax.data.device_augment.photometric_augment` finishes the crops.
     """
 
     global_crops_scale: tuple = (0.32, 1.0)
@@ -220,6 +288,7 @@ class DataAugmentationDINO:
     local_crops_number: int = 8
     global_crops_size: int = 224
     local_crops_size: int = 96
+    photometric_on_device: bool = False
 
     def __post_init__(self):
         for name in ("global_crops_scale", "local_crops_scale"):
@@ -233,23 +302,50 @@ class DataAugmentationDINO:
 
     @classmethod
     def from_config(cls, crops_cfg) -> "DataAugmentationDINO":
-        """Build from `cfg.crops` (keys as the official config)."""
+        """Build from `cfg.crops` (keys as the official config, + `photometric_on_device`)."""
         return cls(tuple(crops_cfg.global_crops_scale), tuple(crops_cfg.local_crops_scale),
                    int(crops_cfg.local_crops_number), int(crops_cfg.global_crops_size),
-                   int(crops_cfg.local_crops_size))
+                   int(crops_cfg.local_crops_size), bool(crops_cfg.get("photometric_on_device", False)))
+
+    def sample_crops(self, image, rng: np.random.Generator):
+        """Yields (geometric crop (PIL), PhotometricParams) for global 1, global 2, then the local crops.
+
+        Per crop the geometry is drawn first, then the photometric parameters; both modes consume
+        `rng` through this generator only, so they see the same crops and parameters for a seed.
+        """
+        img = to_pil_rgb(image)
+        specs = [(self.global_crops_size, self.global_crops_scale, BLUR_PROB_GLOBAL1, 0.0),
+                 (self.global_crops_size, self.global_crops_scale, BLUR_PROB_GLOBAL2, SOLARIZE_PROB_GLOBAL2)]
+        specs += [(self.local_crops_size, self.local_crops_scale, BLUR_PROB_LOCAL, 0.0)] * self.local_crops_number
+        for size, scale, blur_prob, solarize_prob in specs:
+            crop = _geometric(img, rng, size, scale)
+            yield crop, sample_photometric(rng, blur_prob, solarize_prob)
 
     def __call__(self, image, rng: np.random.Generator) -> dict:
-        img = to_pil_rgb(image)
-        g1 = _photometric(_geometric(img, rng, self.global_crops_size, self.global_crops_scale), rng,
-                          BLUR_PROB_GLOBAL1, 0.0)
-        g2 = _photometric(_geometric(img, rng, self.global_crops_size, self.global_crops_scale), rng,
-                          BLUR_PROB_GLOBAL2, SOLARIZE_PROB_GLOBAL2)
-        s = self.local_crops_size
-        local = np.empty((self.local_crops_number, s, s, 3), np.float32)
-        for i in range(self.local_crops_number):
-            crop = _photometric(_geometric(img, rng, s, self.local_crops_scale), rng, BLUR_PROB_LOCAL, 0.0)
-            local[i] = normalize(crop)
-        return {"global_crops": np.stack([normalize(g1), normalize(g2)]), "local_crops": local}
+        on_device = self.photometric_on_device
+        S, s, n = self.global_crops_size, self.local_crops_size, self.local_crops_number
+        dtype = np.uint8 if on_device else np.float32
+        glob, local = np.empty((2, S, S, 3), dtype), np.empty((n, s, s, 3), dtype)
+        params = []
+        # each crop is finished right after its draws (the call order the host path always had)
+        for i, (crop, p) in enumerate(self.sample_crops(image, rng)):
+            dest, j = (glob, i) if i < 2 else (local, i - 2)
+            if on_device:
+                dest[j] = np.asarray(crop, np.uint8)
+                params.append(p.as_arrays())
+            else:
+                dest[j] = normalize(apply_photometric(crop, p))
+        out = {"global_crops": glob, "local_crops": local}
+        if on_device:
+            out["global_photometric"] = _stack_params(params[:2], params[0])
+            out["local_photometric"] = _stack_params(params[2:], params[0])
+        return out
+
+
+def _stack_params(rows: list, like: dict) -> dict:
+    """Per-crop param dicts -> {key: [len(rows), ...]} (shape/dtype of `like` when there are no rows)."""
+    return {k: np.stack([r[k] for r in rows]) if rows else np.empty((0,) + like[k].shape, like[k].dtype)
+            for k in PHOTOMETRIC_PARAM_KEYS}
 
 
 # ----------------------------------------------------------------------------- evaluation

@@ -13,6 +13,8 @@ from typing import Sequence
 
 import numpy as np
 
+from dinov2_jax.data.augmentations import PHOTOMETRIC_CROP_SETS, PHOTOMETRIC_PARAM_KEYS, batch_param_key
+
 
 class MaskingGenerator:
     """BEiT block-wise mask generator on an (h, w) patch grid.
@@ -116,8 +118,10 @@ def collate(samples: Sequence[dict], *, mask_generator: MaskingGenerator, rng: r
             mask_ratio_tuple=(0.1, 0.5), mask_probability: float = 0.5, upperbound: int | None = None) -> dict:
     """Stack B augmented samples crop-major and sample iBOT masks (spec 5.2) -> batch dict (design.md).
 
-    samples: B dicts {"global_crops" [2, S, S, 3], "local_crops" [nL, s, s, 3]}.
-    Returns collated_global_crops [2B, S, S, 3], collated_local_crops [nL*B, s, s, 3] (float32),
+    samples: B dicts {"global_crops" [2, S, S, 3], "local_crops" [nL, s, s, 3]} (+ "global_photometric",
+    "local_photometric" param dicts in the photometric_on_device mode, collated under batch_param_key).
+    Returns collated_global_crops [2B, S, S, 3], collated_local_crops [nL*B, s, s, 3] (float32; uint8
+    stays uint8),
     collated_masks [2B, N] bool, mask_indices_list [upperbound] int32 (valid prefix ascending, 0-padded),
     masks_weight [upperbound] float32 (1/#masked of the token's crop, 0-padded), n_masked_patches [] int32.
     """
@@ -125,11 +129,8 @@ def collate(samples: Sequence[dict], *, mask_generator: MaskingGenerator, rng: r
         raise ValueError("collate needs at least one sample")
     B = len(samples)
     n_tokens = mask_generator.num_patches
-    # crop-major: row c*B + b is crop c of image b
-    glob = np.stack([s["global_crops"] for s in samples], axis=1)
-    glob = glob.reshape((-1,) + glob.shape[2:])
-    loc = np.stack([s["local_crops"] for s in samples], axis=1)
-    loc = loc.reshape((-1,) + loc.shape[2:])
+    glob = _crop_major([s["global_crops"] for s in samples])
+    loc = _crop_major([s["local_crops"] for s in samples])
     n_global = glob.shape[0]
     masks = sample_masks(n_global, n_tokens, mask_generator, rng, mask_ratio_tuple, mask_probability)
     if upperbound is None:
@@ -145,11 +146,32 @@ def collate(samples: Sequence[dict], *, mask_generator: MaskingGenerator, rng: r
     indices[:n] = flat
     masks_weight = np.zeros(upperbound, np.float32)
     masks_weight[:n] = weights[flat // n_tokens]
+    # uint8 crops (photometric_on_device) stay uint8: the accelerator finishes them
+    as_crops = (lambda a: a) if glob.dtype == np.uint8 else (lambda a: a.astype(np.float32, copy=False))
     return {
-        "collated_global_crops": glob.astype(np.float32, copy=False),
-        "collated_local_crops": loc.astype(np.float32, copy=False),
+        "collated_global_crops": as_crops(glob),
+        "collated_local_crops": as_crops(loc),
         "collated_masks": masks,
         "mask_indices_list": indices,
         "masks_weight": masks_weight,
         "n_masked_patches": np.asarray(n, np.int32),
+        **_collate_photometric(samples),
     }
+
+
+def _crop_major(per_image: Sequence[np.ndarray]) -> np.ndarray:
+    """B arrays [n_crops, ...] -> [n_crops * B, ...] with row c*B + b = crop c of image b."""
+    x = np.stack(per_image, axis=1)
+    return x.reshape((-1,) + x.shape[2:])
+
+
+def _collate_photometric(samples: Sequence[dict]) -> dict:
+    """photometric_on_device samples: per-crop params stacked crop-major like their crops, under
+    `batch_param_key(crop_set, name)`; {} for host-augmented samples."""
+    if "global_photometric" not in samples[0]:
+        return {}
+    out = {}
+    for crop_set in PHOTOMETRIC_CROP_SETS:
+        for name in PHOTOMETRIC_PARAM_KEYS:
+            out[batch_param_key(crop_set, name)] = _crop_major([s[f"{crop_set}_photometric"][name] for s in samples])
+    return out

@@ -129,6 +129,9 @@ def make_train_loader(cfg, *, seed: int | None = None, process_index: int | None
     cfg: the SSL ConfigDict (uses train.dataset_path, train.seed, train.batch_size_per_gpu,
     train.num_workers, crops.*, ibot.mask_ratio_min_max, ibot.mask_sample_probability,
     student.patch_size). `source` overrides train.dataset_path with a ready source object.
+    crops.photometric_on_device=True: the crops are uint8 and the batch also holds their photometric
+    params (`collated_{global,local}_<param>`, see dinov2_jax/data/device_augment.py), which
+    `device_augment.augment_batch` turns into the usual float32 batch on the accelerator.
     batch_size_per_process: default train.batch_size_per_gpu x jax.local_device_count(); the iBOT
     masks of a batch are stratified over all its 2B global crops (the official collate runs per GPU,
     i.e. over 2 x batch_size_per_gpu crops; identical when one device per process).

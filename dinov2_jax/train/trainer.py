@@ -85,7 +85,14 @@ def default_components() -> Components:
 
     def make_train_step(cfg):
         # donate the old state: its buffers are reused for the new one (halves peak state memory)
-        return jax.jit(ts.make_train_step(cfg, arch_overrides=arch_overrides(cfg)), donate_argnums=0)
+        step = jax.jit(ts.make_train_step(cfg, arch_overrides=arch_overrides(cfg)), donate_argnums=0)
+        if not cfg.crops.get("photometric_on_device", False):
+            return step
+        from dinov2_jax.data.device_augment import augment_batch
+
+        # uint8 crops + sampled params -> the step's float32 crops, jitted on the (sharded) device batch
+        augment = jax.jit(augment_batch)
+        return lambda state, batch, hparams: step(state, augment(batch), hparams)
 
     def make_loader(cfg, seed):
         # one loader per process feeds all its local devices; `_put_batch` assembles the global batch
@@ -213,11 +220,14 @@ def _loss_of(metrics: dict[str, float]) -> float:
 def _put_batch(batch: dict, mesh) -> dict:
     if mesh is None:
         return jax.device_put(batch)
+    from dinov2_jax.data.device_augment import globalize_params
     from dinov2_jax.parallel.sharding import make_global_dinov2_batch
 
     # Crop-major rows and masked-token lists of the *global* batch (a plain concatenation of the
-    # processes' batches would pair crops of different images and keep per-process mask indices).
-    return make_global_dinov2_batch(batch, mesh)
+    # processes' batches would pair crops of different images and keep per-process mask indices);
+    # the photometric params of crops.photometric_on_device get the same row order.
+    b_local = np.shape(batch["collated_global_crops"])[0] // 2
+    return globalize_params(make_global_dinov2_batch(batch, mesh), mesh, b_local)
 
 
 def build_mesh(cfg: ml_collections.ConfigDict):
