@@ -86,7 +86,7 @@ def default_components() -> Components:
     def make_train_step(cfg):
         # donate the old state: its buffers are reused for the new one (halves peak state memory)
         step = jax.jit(ts.make_train_step(cfg, arch_overrides=arch_overrides(cfg)), donate_argnums=0)
-        if not cfg.crops.get("photometric_on_device", False):
+        if not cfg.crops.photometric_on_device:
             return step
         from dinov2_jax.data.device_augment import augment_batch
 
