@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # One GPU, one command: the issue-6 measurements in the order that matters, each with its own time limit.
-#   1. GPU attention tests (cuDNN and Pallas vs XLA vs float64), tests/models/layers/test_attention_gpu.py
+#   1. GPU attention tests (cuDNN and Pallas vs XLA vs float64), tests/models/layers/test_attention_gpu.py,
+#      and the device photometric augmentation vs the host path, run on the GPU backend
+#      (tests/data/test_device_augment.py; needs grain and ml_collections installed)
 #   2. ViT-L/14 backbone train step, bf16, batch 64: cuDNN (scan and loop), XLA, Pallas
 #   3. the same step in PyTorch (eager SDPA, then torch.compile) on the same GPU
 #   4. the full DINOv2 step (ViT-L/14, 2x224 + 8x98 crops, 65536 prototypes), batch 32, cuDNN
+#   5. host augmentation per core vs the device photometric function on the GPU (benchmarks/data.py)
 # Every benchmark's `RESULT {json}` line goes to $RESULTS; at the end a markdown table of them is printed
 # (step time, images/s, MFU, peak memory, JAX/PyTorch ratio) for docs/benchmarks.md.
 #
@@ -40,6 +43,9 @@ if [ -z "${SKIP_TESTS:-}" ]; then
   echo "=== GPU tests"
   timeout "$LIMIT" "$PY" -m pytest -q -m gpu -rs tests/models/layers/test_attention_gpu.py \
     || echo "!!! GPU tests failed or timed out"
+  echo "=== device augmentation vs host path, on the GPU backend"
+  timeout "$LIMIT" "$PY" -m pytest -q tests/data/test_device_augment.py \
+    || echo "!!! device augmentation tests failed or timed out"
 fi
 
 common=(--arch "$ARCH" --patch-size "$PATCH" --img-size "$IMG" --batch-size "$BATCH" --dtype bfloat16 --steps "$STEPS")
@@ -51,6 +57,10 @@ run "$PY" benchmarks/train_step_torch.py "${common[@]}"
 [ -n "${SKIP_COMPILE:-}" ] || run "$PY" benchmarks/train_step_torch.py "${common[@]}" --compile
 run "$PY" benchmarks/train_step.py --mode dinov2 --arch "$ARCH" --patch-size "$PATCH" --img-size "$IMG" \
   --batch-size "$DINO_BATCH" --dtype bfloat16 --attn cudnn --steps "$STEPS"
+
+echo "=== data pipeline: host per core vs device photometric function"
+timeout "$LIMIT" "$PY" benchmarks/data.py --n-images 128 --device-mode --device-batch 64 \
+  || echo "!!! data benchmark failed or timed out"
 
 "$PY" - "$RESULTS" <<'EOF'
 import json, sys
