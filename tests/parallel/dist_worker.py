@@ -10,7 +10,8 @@ Checks, printing `CHECK name value` lines and `WORKER_OK` at the end:
 3. a sharded Orbax checkpoint written after 2 steps, restored onto the same shardings, continues to
    the same state as the uninterrupted run;
 4. make_global_dinov2_batch: per-process DINOv2 batches -> the crop-major global batch and mask lists
-   that one process collating all images would produce.
+   that one process collating all images would produce (+ globalize_params: the
+   photometric_on_device param rows follow their crops).
 """
 import os
 import sys
@@ -148,6 +149,24 @@ def main(out_dir):
     check("dinov2_mask_indices_equal", np.array_equal(got_idx, want_idx))
     check("dinov2_masks_weight_equal", np.array_equal(got_w, want_w))
     check("dinov2_n_masked_equal", int(g["n_masked_patches"]) == flat.size)
+    # photometric params (crops.photometric_on_device) must end up in the same rows as their crops
+    from dinov2_jax.data.device_augment import globalize_params
+
+    def with_params(p):
+        batch = local_batch(p)
+        for c, n in (("global", 2 * B_l), ("local", nL * B_l)):
+            batch[f"collated_{c}_blur_sigma"] = (1000 * p + np.arange(n)).astype(np.float32)  # (process, row)
+            batch[f"collated_{c}_gray"] = (np.arange(n) + p) % 2 == 0
+        return batch
+
+    gp = globalize_params(make_global_dinov2_batch(with_params(pid), mesh), mesh, B_l)
+    parts = [with_params(p) for p in range(nproc)]
+    for c, nc in (("global", 2), ("local", nL)):
+        for name in ("blur_sigma", "gray"):
+            k = f"collated_{c}_{name}"
+            want = np.concatenate([np.concatenate([q[k][i * B_l:(i + 1) * B_l] for q in parts]) for i in range(nc)])
+            got = np.asarray(multihost_utils.process_allgather(gp[k], tiled=True))
+            check(f"dinov2_param_{c}_{name}_rows_follow_crops", np.array_equal(got, want))
     # per-process mask lists passed as "replicated" would silently differ per device: must raise
     try:
         make_global_batch(local_batch(pid), mesh, replicated_keys=("mask_indices_list",))
