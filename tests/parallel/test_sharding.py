@@ -131,13 +131,14 @@ def test_mlp_adamw_fsdp_equals_single_device():
     assert res["init_sharded_max_diff"] < 1e-6 and res["init_sharded_as_planned"], res
 
 
-def _assert_mesh_step_matches_single_device(res):
+def _assert_mesh_step_matches_single_device(res, sensitive_tol=5e-5):
     """Step 1 has identical inputs: every loss term and grad norm agrees to fp32 reduction-order noise.
     KoLeo (log of nearest-neighbour distances between the nearly identical cls tokens of a random
-    init, a cancellation) and the backbone grad norm it dominates are the most sensitive (~1e-5)."""
+    init, a cancellation) and the backbone grad norm it dominates are the most sensitive
+    (`sensitive_tol`)."""
     first, first_mesh = res["metrics_1"][0], res["metrics_mesh"][0]
     for k, v in first.items():
-        tol = 5e-5 if k in ("koleo_loss", "grad_norm/backbone", "loss", "total_loss") else 1e-6
+        tol = sensitive_tol if k in ("koleo_loss", "grad_norm/backbone", "loss", "total_loss") else 1e-6
         assert abs(v - first_mesh[k]) <= tol * abs(v), (k, v, first_mesh[k])
     assert res["max_rel_loss_diff"] < 5e-5, res
     assert res["param_rel_diff"] < 1e-2, res
@@ -158,6 +159,10 @@ def test_dinov2_train_step_fsdp_and_tensor_parallel_equals_single_device():
     """Same as above on a (data=2, fsdp=2, tensor=2) mesh: the Megatron rules split qkv/fc1 columns and
     proj/fc2 rows over 'tensor'; GSPMD must still compute the same step."""
     res = run_on_8_cpu_devices("multidevice_check.py", "dino", "2048", "0.1", "2,2,2", timeout=900)
-    _assert_mesh_step_matches_single_device(res)
+    # Row-parallel matmuls (proj, fc2) add partial products from 2 devices: another summation order.
+    # With the blocks under lax.scan (student.scan_blocks, the default) GSPMD splits them that way and
+    # the cancellation-dominated KoLeo / backbone grad norm differ by 6e-6 / 7e-5 relative (measured
+    # 2026-11-23; all other terms <= 2e-6); with the Python loop of blocks they matched to 1e-7.
+    _assert_mesh_step_matches_single_device(res, sensitive_tol=2e-4)
     # block matmuls split 4 ways (fsdp x tensor), the heads only over fsdp=2: measured 0.36
     assert res["bytes_ratio"] < 0.4, res
