@@ -128,4 +128,6 @@ def get_config() -> ml_collections.ConfigDict:
     c.mesh.data = -1
     c.mesh.fsdp = 1
     c.mesh.tensor = 1
+    # FSDP shards only arrays with at least this many elements (smaller ones stay replicated)
+    c.mesh.fsdp_min_size = 2**14
     return c

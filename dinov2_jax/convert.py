@@ -311,11 +311,20 @@ def _pure(model: nnx.Module) -> dict:
     return nnx.state(model, nnx.Param).to_pure_dict()
 
 
+def _local_checkpointer():
+    """Orbax checkpointer for this process alone. The converter format is a plain local file set: in a
+    multi-process job one process writes it (the trainer's periodic export on process 0) or each reads
+    it, without the cross-process barriers of Orbax's default (which would wait for the others)."""
+    import orbax.checkpoint as ocp
+
+    me = jax.process_index()
+    return ocp.StandardCheckpointer(
+        multiprocessing_options=ocp.options.MultiprocessingOptions(primary_host=me, active_processes={me}))
+
+
 def save_converted(model: DinoVisionTransformer, directory: str, arch: dict | None = None,
                    heads: Mapping[str, DINOHead] | None = None) -> str:
     """Write `directory/{arch.json, [heads.json], params/}` (Orbax). Returns the absolute directory."""
-    import orbax.checkpoint as ocp
-
     directory = os.path.abspath(directory)
     os.makedirs(directory, exist_ok=True)
     arch = dict(arch or model.arch)
@@ -327,8 +336,9 @@ def save_converted(model: DinoVisionTransformer, directory: str, arch: dict | No
     params_dir = os.path.join(directory, "params")
     if os.path.exists(params_dir):
         raise FileExistsError(f"{params_dir} already exists; choose a new output directory.")
-    with ocp.StandardCheckpointer() as ckptr:
-        ckptr.save(params_dir, tree)
+    with _local_checkpointer() as ckptr:
+        # numpy, not jax.Arrays: Orbax refuses process-local jax.Arrays in a multi-process job
+        ckptr.save(params_dir, jax.device_get(tree))
         ckptr.wait_until_finished()
     with open(os.path.join(directory, "arch.json"), "w") as f:
         json.dump(arch, f, indent=2, sort_keys=True)
@@ -343,8 +353,6 @@ def load_converted(directory: str, *, with_heads: bool = False, **overrides):
 
     `overrides` change non-parameter constructor args (attn_impl, dtype, drop_path_rate, remat, ...).
     """
-    import orbax.checkpoint as ocp
-
     directory = os.path.abspath(directory)
     arch_path = os.path.join(directory, "arch.json")
     if not os.path.exists(arch_path):
@@ -368,7 +376,7 @@ def load_converted(directory: str, *, with_heads: bool = False, **overrides):
     modules = {"backbone": abstract_model, **abstract_heads}
     target = {n: jax.tree.map(lambda v: jax.ShapeDtypeStruct(v.shape, v.dtype), _pure(m))
               for n, m in modules.items()}
-    with ocp.StandardCheckpointer() as ckptr:
+    with _local_checkpointer() as ckptr:
         restored = ckptr.restore(os.path.join(directory, "params"), target)
     out = {}
     for n, m in modules.items():

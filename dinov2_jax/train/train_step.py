@@ -125,7 +125,8 @@ def create_train_state(cfg, key: jax.Array, *, mesh=None,
 
     With distillation (`teacher.pretrained_weights` set) the teacher is built from `teacher.arch` and
     must be filled with the pretrained weights by the caller (e.g. `state.replace(teacher=...)`).
-    `mesh`: if given, the state is placed with `dinov2_jax.parallel.sharding.shard_state`.
+    `mesh`: if given, the state is placed with `dinov2_jax.parallel.sharding.shard_state` (FSDP for
+    arrays of at least `mesh.fsdp_min_size` elements).
     """
     k_model, k_teacher, k_rng = jax.random.split(key, 3)
     _, student = _split(build_modules(cfg, k_model, arch_overrides=arch_overrides))
@@ -140,7 +141,7 @@ def create_train_state(cfg, key: jax.Array, *, mesh=None,
                        step=jnp.zeros((), jnp.int32), rng=k_rng)
     if mesh is not None:
         from dinov2_jax.parallel.sharding import shard_state
-        state = shard_state(state, mesh)
+        state = shard_state(state, mesh, min_size=cfg.mesh.fsdp_min_size)
     return state
 
 

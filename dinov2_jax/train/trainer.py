@@ -61,6 +61,10 @@ class Components:
     # (state, cfg) -> callable images -> [B, D]; a backbone module (with `forward_features`) also gets
     # the PCA picture of its patch features
     teacher_backbone: Callable[..., Any] | None = None
+    # (state, cfg) -> state whose evaluated parameters are host arrays; a collective across processes
+    # (parameters may be sharded over other processes' devices), run by every process before process 0
+    # exports and evaluates. None: the state is used as it is.
+    host_eval_state: Callable[..., Any] | None = None
 
 
 ARCH_OVERRIDE_KEYS = ("embed_dim", "depth", "num_heads", "mlp_ratio")
@@ -102,7 +106,22 @@ def default_components() -> Components:
     return Components(create_train_state=create_train_state, make_train_step=make_train_step,
                       build_schedules=build_schedules, hparams_at=hparams_at,
                       make_train_loader=make_loader, export_teacher=export_teacher,
-                      teacher_backbone=lambda state, cfg: eval_modules(state, cfg)["backbone"])
+                      teacher_backbone=lambda state, cfg: eval_modules(state, cfg)["backbone"],
+                      host_eval_state=host_eval_state)
+
+
+def host_eval_state(state, cfg):
+    """`state` with the parameters evaluation reads (the teacher; the student for a frozen teacher) as
+    host numpy arrays. With several processes they are all-gathered: every process must call this."""
+    from dinov2_jax.train.train_step import is_frozen_teacher
+
+    part = "student" if is_frozen_teacher(cfg) else "teacher"
+    tree = getattr(state, part)
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        tree = multihost_utils.process_allgather(tree, tiled=True)
+    return state.replace(**{part: jax.device_get(tree)})
 
 
 def _modules_from_params(cfg, params: dict, *, teacher: bool) -> dict:
@@ -435,8 +454,14 @@ def init_from_weights(state, weights: str):
 def run_periodic_eval(cfg, comp: Components, state, it: int, output_dir: str, logger: MetricsLogger,
                       export: bool = True) -> None:
     """Teacher export to `eval/training_<it>/` (+ k-NN if `evaluation.knn_train_dataset` is set).
-    `it = -1` (with `export=False`): k-NN of the freshly initialised model (`evaluation.knn_at_start`)."""
+    `it = -1` (with `export=False`): k-NN of the freshly initialised model (`evaluation.knn_at_start`).
+    Every process joins the parameter gather; process 0 alone exports, evaluates and writes (the others
+    wait for it at the next train step)."""
     out_dir = os.path.join(output_dir, "eval", f"training_{it}" if it >= 0 else "init")
+    if comp.host_eval_state is not None:
+        state = comp.host_eval_state(state, cfg)
+    if jax.process_index() != 0:
+        return
     if export and comp.export_teacher is not None:
         comp.export_teacher(state, cfg, out_dir)
         logger.info(f"Exported the teacher to {out_dir}")
@@ -462,13 +487,12 @@ def run_periodic_eval(cfg, comp: Components, state, it: int, output_dir: str, lo
             f.write(json.dumps({"iteration": it, **results}) + "\n")
         logger.info(f"k-NN at iteration {it}{' (random init)' if it < 0 else ''}: "
                     + ", ".join(f"{k}={v:.2f}" for k, v in results.items() if "Top 1" in k))
-        if jax.process_index() == 0:
-            if hasattr(model_fn, "forward_features"):
-                path = save_teacher_pca(model_fn, val, os.path.join(out_dir, "pca.png"), image_size=image_size,
-                                        resize_size=resize_size)
-                logger.info(f"PCA of the teacher's patch features: {path}")
-            else:
-                logger.info("No PCA picture: the teacher_backbone component gives no patch features")
+        if hasattr(model_fn, "forward_features"):
+            path = save_teacher_pca(model_fn, val, os.path.join(out_dir, "pca.png"), image_size=image_size,
+                                    resize_size=resize_size)
+            logger.info(f"PCA of the teacher's patch features: {path}")
+        else:
+            logger.info("No PCA picture: the teacher_backbone component gives no patch features")
 
 
 def save_teacher_pca(backbone, dataset: str, path: str, *, image_size: int = 224, resize_size: int = 256,

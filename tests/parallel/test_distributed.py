@@ -125,9 +125,9 @@ TINY_TRAIN = [
 ]
 
 
-def _train_2proc(out, max_iterations):
+def _train_2proc(out, max_iterations, *extra):
     r = _launch(["-n", "2", "--timeout", "800", "--", "-m", "dinov2_jax.train", *TINY_TRAIN,
-                 f"--config.train.output_dir={out}", f"--config.train.max_iterations={max_iterations}"],
+                 f"--config.train.output_dir={out}", f"--config.train.max_iterations={max_iterations}", *extra],
                 timeout=900)
     assert r.returncode == 0, r.stdout[-5000:] + r.stderr[-3000:]
     return r.stdout
@@ -157,3 +157,23 @@ def test_two_process_trainer_checkpoint_resume(tmp_path):
     assert sorted(a) == list(range(6)) and sorted(b) == list(range(6))
     for it in range(6):
         assert abs(a[it] - b[it]) <= 1e-6 * abs(a[it]), (it, a[it], b[it])
+
+
+@pytest.mark.heavy
+def test_two_process_fsdp_run_exports_and_evaluates_once(tmp_path):
+    """Parameters sharded over both processes (fsdp=2, one device each, FSDP for arrays >= 256
+    elements): the periodic teacher export and k-NN gather them, and only process 0 writes."""
+    out = tmp_path / "run"
+    _train_2proc(out, 3, "--config.mesh.data=1", "--config.mesh.fsdp=2", "--config.mesh.fsdp_min_size=256",
+                 "--config.evaluation.eval_period_iterations=2", "--config.evaluation.knn_max_samples=40")
+    import json
+
+    knn = [json.loads(line) for line in open(out / "knn_metrics.json")]
+    assert [k["iteration"] for k in knn] == [1], knn  # one line: process 1 did not evaluate too
+    assert knn[0]["('full', 10) Top 1"] > 0
+    from dinov2_jax.convert import load_converted
+
+    model, heads = load_converted(str(out / "eval" / "training_1"), with_heads=True)
+    assert model.embed_dim == 32 and set(heads) == {"dino_head"}
+    assert (out / "eval" / "training_1" / "pca.png").exists()
+    assert (out / "training_curves.png").exists()
