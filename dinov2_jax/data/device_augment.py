@@ -26,7 +26,6 @@ Images between ops are float32 [B, H, W, 3] holding integer levels 0..255 (the h
 """
 from __future__ import annotations
 
-import functools
 from typing import Mapping
 
 import jax
@@ -327,36 +326,6 @@ def augment_batch(batch: Mapping[str, jax.Array]) -> dict:
     return out
 
 
-# ----------------------------------------------------------------------------- multi-process batches
-
-
 def is_param_key(key: str) -> bool:
+    """Is `key` one of the collated photometric parameter keys (`batch_param_key`)?"""
     return any(key == batch_param_key(c, p) for c in PHOTOMETRIC_CROP_SETS for p in PHOTOMETRIC_PARAM_KEYS)
-
-
-def process_major_to_crop_major(x, nproc: int, b_local: int):
-    """Rows [p, c, i] (process p's crop-major block, as make_global_batch lays them out) -> crop-major rows
-    c * (nproc * b_local) + p * b_local + i, the order `make_global_dinov2_batch` gives the crops."""
-    n_crops = x.shape[0] // (nproc * b_local)
-    x = x.reshape((nproc, n_crops, b_local) + x.shape[1:])
-    return x.swapaxes(0, 1).reshape((nproc * n_crops * b_local,) + x.shape[3:])
-
-
-def globalize_params(global_batch: dict, mesh, b_local: int) -> dict:
-    """After `make_global_dinov2_batch` with several processes: put the photometric param rows in the
-    crops' crop-major order (that helper reorders only the crop and mask keys). One process: unchanged."""
-    nproc = jax.process_count()
-    keys = tuple(sorted(k for k in global_batch if is_param_key(k)))
-    if nproc == 1 or not keys:
-        return global_batch
-    fix = _param_reorder(mesh, nproc, b_local, keys)
-    return {**global_batch, **fix({k: global_batch[k] for k in keys})}
-
-
-@functools.lru_cache(maxsize=8)
-def _param_reorder(mesh, nproc: int, b_local: int, keys: tuple):
-    """jitted process-major -> crop-major reorder of the param keys, built once per layout."""
-    from dinov2_jax.parallel.sharding import batch_sharding
-
-    return jax.jit(lambda p: {k: process_major_to_crop_major(v, nproc, b_local) for k, v in p.items()},
-                   out_shardings={k: batch_sharding(mesh) for k in keys})

@@ -242,7 +242,16 @@ DINOV2_CROP_KEYS = ("collated_global_crops", "collated_local_crops", "collated_m
 DINOV2_MASK_KEYS = ("mask_indices_list", "masks_weight", "n_masked_patches")
 
 
-def make_global_dinov2_batch(local_batch: Mapping[str, Any], mesh: Mesh, n_global_crops: int = 2) -> dict:
+def process_major_to_crop_major(x, nproc: int, b_local: int):
+    """Rows [p, c, i] (process p's crop-major block, as `make_global_batch` lays them out) -> crop-major
+    rows c * (nproc * b_local) + p * b_local + i: the order one collate over all images gives."""
+    n_crops = x.shape[0] // (nproc * b_local)
+    x = x.reshape((nproc, n_crops, b_local) + x.shape[1:])
+    return x.swapaxes(0, 1).reshape((nproc * n_crops * b_local,) + x.shape[3:])
+
+
+def make_global_dinov2_batch(local_batch: Mapping[str, Any], mesh: Mesh, n_global_crops: int = 2,
+                             crop_row_keys: Sequence[str] = ()) -> dict:
     """Per-process DINOv2 batch (numpy, crop-major over this process's B_l images) -> global batch.
 
     The result is what one process would have collated from all P * B_l images: crop-major rows
@@ -251,6 +260,8 @@ def make_global_dinov2_batch(local_batch: Mapping[str, Any], mesh: Mesh, n_globa
     array, with buffer size P x the per-process one (>= the global masked count since each process's
     count fits its buffer). One process: the loader's arrays are used as they are (same values).
     The per-process mask sampling is the official per-GPU one (spec 5.2, per process here).
+    `crop_row_keys`: further arrays with one row per crop in the crops' crop-major order (e.g. the
+    photometric params of `crops.photometric_on_device`); they get the crops' row order.
     """
     missing = [k for k in DINOV2_CROP_KEYS + DINOV2_MASK_KEYS if k not in local_batch]
     if missing:
@@ -264,18 +275,17 @@ def make_global_dinov2_batch(local_batch: Mapping[str, Any], mesh: Mesh, n_globa
         raise ValueError(f"collated_global_crops has {n_rows_global} rows, not a multiple of {n_global_crops} crops")
     b_local = n_rows_global // n_global_crops
     crops = {}
-    n_crops = {}
-    for k in DINOV2_CROP_KEYS:
+    row_keys = DINOV2_CROP_KEYS + tuple(crop_row_keys)
+    for k in row_keys:
         v = local[k]
         if v.shape[0] % b_local:
             raise ValueError(f"{k} has {v.shape[0]} rows, not a multiple of the {b_local} images per process")
-        n_crops[k] = v.shape[0] // b_local
         global_shape = (v.shape[0] * nproc,) + v.shape[1:]
         _check_process_contiguous(mesh, global_shape, k)
         # process-major: rows [p * L, (p + 1) * L) hold process p's crop-major slice
         crops[k] = jax.make_array_from_process_local_data(batch_sharding(mesh), v, global_shape)
     ub = local["mask_indices_list"].shape[0] * nproc
-    fix = _dinov2_globalizer(mesh, nproc, b_local, tuple(sorted(n_crops.items())), ub)
+    fix = _dinov2_globalizer(mesh, nproc, b_local, tuple(sorted(row_keys)), ub)
     out = fix(crops)
     for k, v in local.items():  # anything else: per-example arrays split on the leading dim
         if k not in out:
@@ -300,16 +310,11 @@ def _check_process_contiguous(mesh: Mesh, global_shape: tuple[int, ...], key: st
 
 
 @functools.lru_cache(maxsize=16)
-def _dinov2_globalizer(mesh: Mesh, nproc: int, b_local: int, n_crops: tuple[tuple[str, int], ...], ub: int):
-    """jitted: process-major crop arrays -> crop-major global batch + recomputed mask lists."""
-    n_crops_d = dict(n_crops)
+def _dinov2_globalizer(mesh: Mesh, nproc: int, b_local: int, row_keys: tuple[str, ...], ub: int):
+    """jitted: process-major crop-row arrays -> crop-major global batch + recomputed mask lists."""
 
     def fix(crops):
-        out = {}
-        for k, x in crops.items():
-            c = n_crops_d[k]
-            x = x.reshape((nproc, c, b_local) + x.shape[1:])
-            out[k] = jax.numpy.swapaxes(x, 0, 1).reshape((nproc * c * b_local,) + x.shape[3:])
+        out = {k: process_major_to_crop_major(x, nproc, b_local) for k, x in crops.items()}
         masks = out["collated_masks"]
         n_tokens = masks.shape[1]
         flat = masks.reshape(-1)
@@ -323,7 +328,7 @@ def _dinov2_globalizer(mesh: Mesh, nproc: int, b_local: int, n_crops: tuple[tupl
         out["n_masked_patches"] = n
         return out
 
-    shard = {k: batch_sharding(mesh) for k in DINOV2_CROP_KEYS}
+    shard = {k: batch_sharding(mesh) for k in row_keys}
     shard.update({k: replicated(mesh) for k in DINOV2_MASK_KEYS})
     return jax.jit(fix, out_shardings=shard)
 

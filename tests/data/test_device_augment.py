@@ -12,6 +12,7 @@ from dinov2_jax.data import augmentations as A
 from dinov2_jax.data import device_augment as D
 from dinov2_jax.data.masking import MaskingGenerator, collate
 from dinov2_jax.data.pipeline import make_train_loader
+from dinov2_jax.parallel.sharding import process_major_to_crop_major
 
 ONE_LEVEL = 1 / 255 / A.IMAGENET_STD.min()  # one uint8 level after normalisation
 
@@ -229,7 +230,7 @@ def test_process_major_to_crop_major_matches_one_global_collate():
     for part in ("global", "local"):
         for k in [A.batch_param_key(part, p) for p in A.PHOTOMETRIC_PARAM_KEYS] + [f"collated_{part}_crops"]:
             cat = np.concatenate([p[k] for p in per_proc])
-            np.testing.assert_array_equal(D.process_major_to_crop_major(cat, 2, 2), whole[k], err_msg=k)
+            np.testing.assert_array_equal(process_major_to_crop_major(cat, 2, 2), whole[k], err_msg=k)
 
 
 _SHARDED_CHECK = """

@@ -10,7 +10,7 @@ Checks, printing `CHECK name value` lines and `WORKER_OK` at the end:
 3. a sharded Orbax checkpoint written after 2 steps, restored onto the same shardings, continues to
    the same state as the uninterrupted run;
 4. make_global_dinov2_batch: per-process DINOv2 batches -> the crop-major global batch and mask lists
-   that one process collating all images would produce (+ globalize_params: the
+   that one process collating all images would produce (+ `crop_row_keys`: the
    photometric_on_device param rows follow their crops).
 """
 import os
@@ -150,8 +150,6 @@ def main(out_dir):
     check("dinov2_masks_weight_equal", np.array_equal(got_w, want_w))
     check("dinov2_n_masked_equal", int(g["n_masked_patches"]) == flat.size)
     # photometric params (crops.photometric_on_device) must end up in the same rows as their crops
-    from dinov2_jax.data.device_augment import globalize_params
-
     def with_params(p):
         batch = local_batch(p)
         for c, n in (("global", 2 * B_l), ("local", nL * B_l)):
@@ -159,7 +157,8 @@ def main(out_dir):
             batch[f"collated_{c}_gray"] = (np.arange(n) + p) % 2 == 0
         return batch
 
-    gp = globalize_params(make_global_dinov2_batch(with_params(pid), mesh), mesh, B_l)
+    param_keys = [f"collated_{c}_{name}" for c in ("global", "local") for name in ("blur_sigma", "gray")]
+    gp = make_global_dinov2_batch(with_params(pid), mesh, crop_row_keys=param_keys)
     parts = [with_params(p) for p in range(nproc)]
     for c, nc in (("global", 2), ("local", nL)):
         for name in ("blur_sigma", "gray"):
