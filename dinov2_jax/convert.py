@@ -21,7 +21,10 @@ Every parameter must be matched: missing, unexpected and mis-shaped keys are all
 CLI:
     python -m dinov2_jax.convert dinov2_vits14_pretrain.pth out/vits14
     python -m dinov2_jax.convert teacher_checkpoint.pth out/run1 --set num_heads=6
-    python -m dinov2_jax.convert out/vits14 vits14.pth --to-pth [--block-chunks 4] [--teacher]
+    python -m dinov2_jax.convert out/vits14 vits14.pth --to-pth [--block-chunks 4] [--teacher] [--overwrite]
+    python -m dinov2_jax.convert dinov2_vits14_pretrain.pth out/hf --to-hf --arch dinov2_vits14
+Files are read through `dinov2_jax.pretrained` (no torch needed): official .pth, Hugging Face folders,
+timm state dicts and converted directories are all accepted as input.
 """
 from __future__ import annotations
 
@@ -413,17 +416,28 @@ def _parse_value(v: str):
 
 
 def main(argv=None) -> int:
+    import logging
+    import sys
+
     ap = argparse.ArgumentParser(prog="python -m dinov2_jax.convert", description=__doc__.split("\n\n")[0])
-    ap.add_argument("input", help="official .pth (hub backbone or teacher_checkpoint.pth), or a converted dir")
-    ap.add_argument("output", help="output directory (torch->JAX) or .pth file (--to-pth)")
-    ap.add_argument("--to-pth", action="store_true", help="convert a dinov2_jax directory back to a .pth")
+    ap.add_argument("input", help="official .pth (hub backbone or teacher_checkpoint.pth), a Hugging Face folder, "
+                                  "a timm state dict, or a converted dir (with --to-pth / --to-hf)")
+    ap.add_argument("output", help="output directory (to JAX / --to-hf) or .pth file (--to-pth)")
+    ap.add_argument("--to-pth", action="store_true", help="write the official .pth (no torch needed)")
+    ap.add_argument("--to-hf", action="store_true",
+                    help="write a Hugging Face folder (config.json + model.safetensors) for transformers")
+    ap.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     ap.add_argument("--block-chunks", type=int, default=0, help="with --to-pth: write blocks.{chunk}.{i}. keys")
     ap.add_argument("--teacher", action="store_true",
-                    help="with --to-pth: write {'teacher': {backbone.*, dino_head.*, ...}} incl. heads")
+                    help="with --to-pth: write {'teacher': {backbone.*, dino_head.*, ...}} incl. heads "
+                         "(the input must hold the heads)")
+    ap.add_argument("--arch", help="hub name the weights must match (e.g. dinov2_vits14); default: inferred "
+                                   "from the file (and logged)")
     ap.add_argument("--arch-json", help="JSON file of architecture overrides (DinoVisionTransformer kwargs)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="architecture override, e.g. --set num_heads=6 --set interpolate_offset=0.1")
     args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
     overrides = {}
     if args.arch_json:
@@ -434,27 +448,44 @@ def main(argv=None) -> int:
             ap.error(f"--set expects KEY=VALUE, got {item!r}")
         k, v = item.split("=", 1)
         overrides[k] = _parse_value(v)
+    if args.to_pth and args.to_hf:
+        ap.error("choose one of --to-pth and --to-hf")
+    try:
+        return _convert(args, overrides)
+    except (ValueError, FileExistsError, FileNotFoundError) as e:  # bad input: one clear message, no traceback
+        print(f"error: {e}", file=sys.stderr)
+        return 2
 
-    import torch
 
+def _convert(args, overrides: dict) -> int:
+    from dinov2_jax import pretrained as P
+    from dinov2_jax.models.config import RUNTIME_KEYS
+
+    ckpt = P.read_checkpoint(args.input)
+    cfg = P.resolve_config(ckpt, args.arch, source=args.input)
+    layout = {k: v for k, v in overrides.items() if k not in RUNTIME_KEYS}
+    if layout:
+        cfg = type(cfg).from_kwargs({**cfg.kwargs(), **layout})  # unknown keys: ValueError naming them
+    runtime = {k: v for k, v in overrides.items() if k in RUNTIME_KEYS}
+    runtime.setdefault("attn_impl", "auto")
+    model, heads = P.build_from_checkpoint(ckpt, cfg, with_heads=True, **{
+        k: runtime[k] for k in ("dtype", "attn_impl", "remat", "scan_blocks") if k in runtime})
     if args.to_pth:
-        model, heads = load_converted(args.input, with_heads=True, **overrides)
-        sd = params_to_torch_state_dict(model, block_chunks=args.block_chunks)
-        if args.teacher:
-            full = {f"backbone.{k}": v for k, v in sd.items()}
-            for name, head in heads.items():
-                full.update({f"{name}.{k}": v for k, v in params_to_torch_state_dict(head).items()})
-            obj = {"teacher": {k: torch.from_numpy(v) for k, v in full.items()}}
-        else:
-            obj = {k: torch.from_numpy(v) for k, v in sd.items()}
-        torch.save(obj, args.output)
-        print(f"wrote {args.output} ({len(sd)} backbone tensors)")
+        if not args.output.endswith((".pth", ".pt")):
+            raise ValueError(f"--to-pth output {args.output!r} should end with .pth")
+        P.export_pth(model, args.output, heads=heads, teacher=args.teacher, block_chunks=args.block_chunks,
+                     overwrite=args.overwrite)
+        print(f"wrote {args.output} ({'teacher checkpoint with ' + ', '.join(sorted(heads)) if args.teacher else 'backbone'}"
+              f", {len(torch_state_dict_shapes(model))} backbone tensors)")
         return 0
-
-    obj = torch.load(args.input, map_location="cpu", weights_only=True)
-    model, heads, arch = convert_torch_checkpoint(obj, **overrides)
-    out = save_converted(model, args.output, arch, heads)
-    print(f"wrote {out}: arch {json.dumps(arch)}; heads {sorted(heads)}")
+    if args.teacher or args.block_chunks:
+        raise ValueError("--teacher / --block-chunks only apply with --to-pth")
+    if args.to_hf:
+        P.export_hf(model, args.output, overwrite=args.overwrite)
+        print(f"wrote {args.output} (config.json + model.safetensors)")
+        return 0
+    out = save_converted(model, args.output, model.arch, heads)
+    print(f"wrote {out}: arch {json.dumps(model.arch)}; heads {sorted(heads)}")
     return 0
 
 

@@ -462,7 +462,7 @@ def _merge_params(abstract, sd):
 def from_pretrained(name_or_path: str, *, arch=None, image_size: int = 224, dtype="float32",
                     attn_impl: str | None = None, interpolation: str | None = None, with_heads: bool = False,
                     download: bool = True, cache_dir: str | None = None, remat: str = "none",
-                    scan_blocks: bool = False) -> Pretrained:
+                    scan_blocks: bool = False, num_heads: int | None = None) -> Pretrained:
     """Load a DINOv2 backbone from any supported source (see the module doc) -> Pretrained.
 
     arch: hub name / ViTConfig / kwargs dict the weights must match (default: take the file's).
@@ -470,6 +470,7 @@ def from_pretrained(name_or_path: str, *, arch=None, image_size: int = 224, dtyp
     folders follow transformers, .pth files the official code). image_size: crop size of `preprocess`.
     dtype / attn_impl: compute dtype and attention backend (default: fused on GPU for 16-bit).
     download: fetch a hub name / HF repo id that is not on disk (never when DINOV2_JAX_OFFLINE is set).
+    num_heads: for a state dict of a non-standard model (the file does not store it; inferred as dim / 64).
     """
     if interpolation is not None and interpolation not in INTERPOLATIONS:
         raise ValueError(f"interpolation must be one of {INTERPOLATIONS}, got {interpolation!r}")
@@ -481,6 +482,11 @@ def from_pretrained(name_or_path: str, *, arch=None, image_size: int = 224, dtyp
             (".pth", ".pt", ".bin", ".safetensors")):
         path = resolve_hf_repo(path, download=download, cache_dir=cache_dir)
     ckpt = read_checkpoint(path, interpolation=interpolation)
+    if num_heads is not None:
+        if "num_heads" in ckpt.known and ckpt.config.num_heads != num_heads:
+            raise WeightsError(f"{path}: the file says num_heads={ckpt.config.num_heads}, not {num_heads}")
+        ckpt = dataclasses.replace(ckpt, config=ckpt.config.replace(num_heads=num_heads),
+                                   known=ckpt.known + ("num_heads",))
     cfg = resolve_config(ckpt, arch, source=path, interpolation=interpolation)
     if attn_impl is None:
         from dinov2_jax.hub import default_attn_impl

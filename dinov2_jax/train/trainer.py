@@ -543,10 +543,9 @@ def load_pretrained_teacher(cfg, like_teacher: dict) -> dict:
     if os.path.isdir(path):
         model, heads = convert.load_converted(path, with_heads=True)
     elif os.path.isfile(path):
-        import torch
+        from dinov2_jax.weights.pth import read_pth  # restricted unpickler: tensors only, torch not needed
 
-        obj = torch.load(path, map_location="cpu", weights_only=False)
-        model, heads, _ = convert.convert_torch_checkpoint(obj)
+        model, heads, _ = convert.convert_torch_checkpoint(read_pth(path))
     else:
         raise FileNotFoundError(f"teacher.pretrained_weights={path!r} does not exist (a converted directory "
                                 f"or a teacher_checkpoint.pth)")
