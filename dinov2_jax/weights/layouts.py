@@ -149,6 +149,8 @@ def official_to_hf(sd: Mapping[str, np.ndarray], cfg: ViTConfig) -> tuple[dict, 
     """
     if cfg.ffn_layer not in ("mlp", "swiglu", "swiglufused"):
         raise LayoutError(f"ffn_layer={cfg.ffn_layer!r} has no transformers equivalent")
+    if float(cfg.mlp_ratio) != int(cfg.mlp_ratio):
+        raise LayoutError(f"mlp_ratio={cfg.mlp_ratio}: transformers' DINOv2 config takes an integer mlp_ratio")
     rev_top = {v: k for k, v in _HF_TOP.items()}
     rev_block = {}
     for hf, off in _HF_BLOCK.items():
@@ -194,7 +196,7 @@ def official_to_hf(sd: Mapping[str, np.ndarray], cfg: ViTConfig) -> tuple[dict, 
     config = {
         "architectures": [HF_MODEL_TYPES[model_type]], "model_type": model_type,
         "hidden_size": d, "num_hidden_layers": cfg.depth, "num_attention_heads": cfg.num_heads,
-        "mlp_ratio": cfg.mlp_ratio, "image_size": cfg.img_size, "patch_size": cfg.patch_size,
+        "mlp_ratio": int(cfg.mlp_ratio), "image_size": cfg.img_size, "patch_size": cfg.patch_size,
         "num_channels": cfg.in_chans, "qkv_bias": cfg.qkv_bias, "hidden_act": "gelu", "layer_norm_eps": 1e-6,
         "layerscale_value": float(cfg.init_values) if cfg.init_values else 1.0,
         "use_swiglu_ffn": cfg.ffn_layer != "mlp", "drop_path_rate": 0.0, "hidden_dropout_prob": 0.0,
