@@ -431,8 +431,8 @@ def main(argv=None) -> int:
     ap.add_argument("--teacher", action="store_true",
                     help="with --to-pth: write {'teacher': {backbone.*, dino_head.*, ...}} incl. heads "
                          "(the input must hold the heads)")
-    ap.add_argument("--arch", help="hub name the weights must match (e.g. dinov2_vits14); default: inferred "
-                                   "from the file (and logged)")
+    ap.add_argument("--arch", help="hub name (e.g. dinov2_vits14) or arch.json the weights must match (a "
+                                   "difference is an error); default: inferred from the file (and logged)")
     ap.add_argument("--arch-json", help="JSON file of architecture overrides (DinoVisionTransformer kwargs)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="architecture override, e.g. --set num_heads=6 --set interpolate_offset=0.1")

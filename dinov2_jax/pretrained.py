@@ -391,6 +391,9 @@ def params_tree_to_official(tree: Mapping) -> dict:
 def _as_config(arch) -> ViTConfig:
     if isinstance(arch, ViTConfig):
         return arch
+    if isinstance(arch, str) and arch.endswith(".json") and os.path.isfile(arch):
+        with open(arch) as f:
+            return ViTConfig.from_kwargs(json.load(f))
     if isinstance(arch, str):
         return ViTConfig.preset(arch)
     if isinstance(arch, Mapping):
