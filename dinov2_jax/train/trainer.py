@@ -537,15 +537,12 @@ def load_pretrained_teacher(cfg, like_teacher: dict) -> dict:
     match `teacher.arch` (+ the head sizes of the config)."""
     from flax import nnx
 
-    from dinov2_jax import convert
+    from dinov2_jax import pretrained
 
     path = cfg.teacher.pretrained_weights
-    if os.path.isdir(path):
-        model, heads = convert.load_converted(path, with_heads=True)
-    elif os.path.isfile(path):
-        from dinov2_jax.weights.pth import read_pth  # restricted unpickler: tensors only, torch not needed
-
-        model, heads, _ = convert.convert_torch_checkpoint(read_pth(path))
+    if os.path.exists(path):  # any from_pretrained format; a .pth goes through the weights-only reader
+        ckpt = pretrained.read_checkpoint(path)
+        model, heads = pretrained.build_from_checkpoint(ckpt, ckpt.config, with_heads=True)
     else:
         raise FileNotFoundError(f"teacher.pretrained_weights={path!r} does not exist (a converted directory "
                                 f"or a teacher_checkpoint.pth)")
