@@ -40,6 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from dinov2_jax.models.config import RUNTIME_KEYS, ViTConfig
 from dinov2_jax.models.dino_head import DINOHead
 from dinov2_jax.models.layers.swiglu_ffn import swiglu_hidden_dim
 from dinov2_jax.models.vision_transformer import DinoVisionTransformer
@@ -274,6 +275,15 @@ def load_torch_state_dict(model: nnx.Module, sd: Mapping[str, Any]) -> nnx.Modul
     return model
 
 
+def fill_abstract(abstract: nnx.Module, sd: Mapping[str, Any]) -> nnx.Module:
+    """A module built with `nnx.eval_shape` (shapes only) -> the concrete module holding `sd` (strict).
+    Nothing is randomly initialised, so no parameter can keep an init value."""
+    params = torch_state_dict_to_params(sd, abstract)
+    graphdef, state = nnx.split(abstract)
+    state.replace_by_pure_dict(jax.tree.map(jnp.asarray, params))
+    return nnx.merge(graphdef, state)
+
+
 def params_to_torch_state_dict(model: nnx.Module, block_chunks: int = 0) -> dict[str, np.ndarray]:
     """Model params -> official-layout state dict of float32 numpy arrays (hub layout, or
     `blocks.{c}.{i}.` with block_chunks > 0). Loads into the official module with strict=True."""
@@ -368,9 +378,12 @@ def load_converted(directory: str, *, with_heads: bool = False, **overrides):
     if os.path.exists(heads_path):
         with open(heads_path) as f:
             head_archs = json.load(f)
+    cfg = ViTConfig.from_kwargs(arch)
+    runtime = {k: arch[k] for k in RUNTIME_KEYS if k in arch}
+
     def build():
         rngs = nnx.Rngs(0)  # created inside eval_shape: nothing is initialised for real
-        model = DinoVisionTransformer(**arch, rngs=rngs)
+        model = cfg.build(rngs=rngs, **runtime)
         heads = {n: DINOHead(**a, rngs=rngs) for n, a in head_archs.items()}
         return model, heads
 
@@ -392,18 +405,24 @@ def load_converted(directory: str, *, with_heads: bool = False, **overrides):
     return (model, out) if with_heads else model
 
 
-def convert_torch_checkpoint(obj: Mapping[str, Any], *, rngs: nnx.Rngs | None = None, **overrides):
-    """Loaded torch checkpoint -> (model, {head: DINOHead}, arch). Strict: every key must be used."""
+def convert_torch_checkpoint(obj: Mapping[str, Any], **overrides):
+    """Loaded torch checkpoint -> (model, {head: DINOHead}, arch). Strict: every key must be used.
+    Modules are built abstractly and filled from the file (no random init)."""
     parts = split_checkpoint(obj)
     arch = infer_arch(parts["backbone"], **overrides)
-    rngs = rngs or nnx.Rngs(0)
-    model = load_torch_state_dict(DinoVisionTransformer(**arch, rngs=rngs), parts["backbone"])
+    runtime = {k: arch[k] for k in RUNTIME_KEYS}
+    model = fill_abstract(ViTConfig.from_kwargs(arch).build_abstract(**runtime), parts["backbone"])
     heads = {}
     for name in HEAD_NAMES:
         if name in parts:
-            head = DINOHead(**infer_head_arch(parts[name]), rngs=rngs)
-            heads[name] = load_torch_state_dict(head, parts[name])
+            heads[name] = head_from_state_dict(parts[name])
     return model, heads, arch
+
+
+def head_from_state_dict(sd: Mapping[str, Any]) -> DINOHead:
+    """DINOHead with the architecture inferred from, and every parameter taken from, its state dict."""
+    harch = infer_head_arch(sd)
+    return fill_abstract(nnx.eval_shape(lambda: DINOHead(**harch, rngs=nnx.Rngs(0))), sd)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -430,10 +430,7 @@ def build_from_checkpoint(ckpt: Checkpoint, cfg: ViTConfig, *, dtype="float32", 
                           remat: str = "none", scan_blocks: bool = False, with_heads: bool = False):
     """(model, heads) with every parameter taken from `ckpt` (strict). Built abstractly: nothing is
     randomly initialised."""
-    from flax import nnx
-
     from dinov2_jax import convert
-    from dinov2_jax.models.dino_head import DINOHead
 
     runtime = dict(dtype=dtype, attn_impl=attn_impl, remat=remat, scan_blocks=scan_blocks)
     if ckpt.converted_dir is not None:
@@ -441,25 +438,9 @@ def build_from_checkpoint(ckpt: Checkpoint, cfg: ViTConfig, *, dtype="float32", 
                                               interpolate_antialias=cfg.interpolate_antialias,
                                               interpolate_offset=cfg.interpolate_offset)
         return model, (heads if with_heads else {})
-    model = _merge_params(cfg.build_abstract(**runtime), ckpt.backbone)
-    heads = {}
-    if with_heads:
-        for name, hsd in ckpt.heads.items():
-            harch = convert.infer_head_arch(hsd)
-            heads[name] = _merge_params(nnx.eval_shape(lambda a=harch: DINOHead(**a, rngs=nnx.Rngs(0))), hsd)
+    model = convert.fill_abstract(cfg.build_abstract(**runtime), ckpt.backbone)
+    heads = {name: convert.head_from_state_dict(hsd) for name, hsd in ckpt.heads.items()} if with_heads else {}
     return model, heads
-
-
-def _merge_params(abstract, sd):
-    import jax.numpy as jnp
-    from flax import nnx
-
-    from dinov2_jax import convert
-
-    params = convert.torch_state_dict_to_params(sd, abstract)  # strict: lists every bad key
-    graphdef, state = nnx.split(abstract)
-    state.replace_by_pure_dict(jax.tree.map(jnp.asarray, params))
-    return nnx.merge(graphdef, state)
 
 
 def from_pretrained(name_or_path: str, *, arch=None, image_size: int = 224, dtype="float32",

@@ -6,7 +6,6 @@ import logging
 import os
 
 import numpy as np
-import pytest
 
 from dinov2_jax.convert import main
 from dinov2_jax.weights.pth import read_pth, write_pth
