@@ -264,7 +264,8 @@ def read_checkpoint(path: str, *, interpolation: str | None = None) -> Checkpoin
             if not os.path.isfile(cfg_path):
                 raise WeightsError(f"{path}: a Hugging Face state dict needs its config.json next to it")
             return _read_hf_dir(os.path.dirname(path), interpolation or "transformers")
-        return _from_state_dict(sd, path)
+        parts = convert.split_checkpoint(sd)
+        return _from_state_dict(parts.pop("backbone"), path, heads=parts)
     from dinov2_jax.weights.pth import read_pth
 
     obj = read_pth(path)
@@ -284,6 +285,8 @@ def _from_state_dict(sd: Mapping, path: str, heads: dict | None = None) -> Check
 
     fmt = "pth"
     if layouts.is_timm_state_dict(sd):
+        logger.info("%s has no mask_token: read as a timm state dict (mask_token set to zeros, its initial value; "
+                    "it only replaces masked patches in training)", path)
         sd, fmt = layouts.timm_to_official(sd), "timm"
     try:
         arch = convert.infer_arch(sd)
@@ -331,7 +334,9 @@ def _read_hf_dir(path: str, interpolation: str) -> Checkpoint:
     return Checkpoint(official, cfg, "transformers", known=tuple(dataclasses.asdict(cfg)))
 
 
-def _read_orbax(ckpt_dir: str, part: str = "teacher") -> Checkpoint:
+def _read_orbax(ckpt_dir: str) -> Checkpoint:
+    """The evaluated backbone of a training checkpoint: the EMA teacher, or for a distillation run (frozen
+    pretrained teacher) the student, as the trainer's exports."""
     from dinov2_jax import convert
     from dinov2_jax.train.checkpoint import Checkpointer
 
@@ -346,13 +351,16 @@ def _read_orbax(ckpt_dir: str, part: str = "teacher") -> Checkpoint:
         raw, _, run_cfg = ck.restore_raw(step)
     finally:
         ck.close()
+    run_cfg = run_cfg or {}
+    teacher_cfg = run_cfg.get("teacher", {}) or {}
+    part = "student" if teacher_cfg.get("pretrained_weights") else "teacher"
     if part not in raw or "backbone" not in raw[part]:
         raise WeightsError(f"{ckpt_dir}/{step}: no {part}.backbone parameters in the training state")
     sd = params_tree_to_official(raw[part]["backbone"])
     arch = convert.infer_arch(sd)
-    student = (run_cfg or {}).get("student", {})
-    teacher_arch = ((run_cfg or {}).get("teacher", {}) or {}).get("arch") or student.get("arch", "")
-    heads = student.get("num_heads") or _ARCH_HEADS.get(str(teacher_arch).removesuffix("_memeff"))
+    student = run_cfg.get("student", {}) or {}
+    arch_name = (teacher_cfg.get("arch") if part == "teacher" else None) or student.get("arch", "")
+    heads = student.get("num_heads") or _ARCH_HEADS.get(str(arch_name).removesuffix("_memeff"))
     if heads:
         arch["num_heads"] = int(heads)
     for k in ("interpolate_antialias", "interpolate_offset"):
