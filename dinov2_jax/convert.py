@@ -478,7 +478,6 @@ def main(argv=None) -> int:
 
 def _convert(args, overrides: dict) -> int:
     from dinov2_jax import pretrained as P
-    from dinov2_jax.models.config import RUNTIME_KEYS
 
     ckpt = P.read_checkpoint(args.input)
     cfg = P.resolve_config(ckpt, args.arch, source=args.input)

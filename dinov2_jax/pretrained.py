@@ -442,6 +442,10 @@ def build_from_checkpoint(ckpt: Checkpoint, cfg: ViTConfig, *, dtype="float32", 
 
     runtime = dict(dtype=dtype, attn_impl=attn_impl, remat=remat, scan_blocks=scan_blocks)
     if ckpt.converted_dir is not None:
+        diffs = cfg.layout_differences(ckpt.config)
+        if diffs:
+            raise WeightsError(f"{ckpt.converted_dir}: the requested architecture differs from its arch.json: "
+                               + "; ".join(diffs))
         model, heads = convert.load_converted(ckpt.converted_dir, with_heads=True, **runtime,
                                               interpolate_antialias=cfg.interpolate_antialias,
                                               interpolate_offset=cfg.interpolate_offset)
