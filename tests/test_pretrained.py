@@ -210,6 +210,22 @@ def test_hub_name_offline_says_which_file_to_put_where(tmp_path, monkeypatch):
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     with pytest.raises(FileNotFoundError, match="download failed .*no route to host.* Put the official file"):
         from_pretrained("dinov2_vitb14", cache_dir=str(tmp_path))
+    # online: the file is fetched into the cache once, then read from there
+    sd, _ = _fixture_sd("vits14")
+    write_pth(sd, str(tmp_path / "served.pth"))
+    fetched = []
+
+    def serve(url, timeout=None):
+        fetched.append(url)
+        return open(tmp_path / "served.pth", "rb")
+
+    monkeypatch.setattr(urllib.request, "urlopen", serve)
+    from dinov2_jax.pretrained import resolve_hub_name
+
+    got = resolve_hub_name("dinov2_vitl14", cache_dir=str(tmp_path / "cache"))
+    assert fetched == [official_url("dinov2_vitl14")] and got == str(tmp_path / "cache" / "dinov2_vitl14_pretrain.pth")
+    assert resolve_hub_name("dinov2_vitl14", cache_dir=str(tmp_path / "cache")) == got and len(fetched) == 1
+    assert read_pth(got).keys() == sd.keys()
     monkeypatch.setenv("DINOV2_JAX_OFFLINE", "1")
     with pytest.raises(FileNotFoundError, match="offline mode"):
         from_pretrained("dinov2_vitb14")

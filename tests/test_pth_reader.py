@@ -174,3 +174,13 @@ def test_bad_files_give_one_clear_line(tmp_path):
     with pytest.raises(WeightsFileError, match="refusing to load .*system"):
         read_pth(str(tmp_path / "evil.pth"))
     assert not (tmp_path / "pwned").exists()
+
+
+def test_legacy_format_uses_torch_when_present(tmp_path, monkeypatch):
+    path = str(tmp_path / "legacy.pth")
+    ref = {"a": torch.randn(3, 2), "h": torch.randn(4).to(torch.bfloat16), "n": 3}
+    torch.save(ref, path, _use_new_zipfile_serialization=False)
+    _assert_same_as_torch(read_pth(path), ref)
+    monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` now raises ImportError
+    with pytest.raises(WeightsFileError, match="legacy .*needs torch"):
+        read_pth(path)
