@@ -31,6 +31,6 @@ setup(
         "torch": ["torch==2.13.0"],
         # downloads of Hugging Face repo ids in from_pretrained("facebook/dinov2-small")
         "hf": ["huggingface_hub"],
-        "test": ["torch==2.13.0", "timm==1.0.31", "transformers>=5", "pytest", "pytest-xdist"],
+        "test": ["torch==2.13.0", "timm==1.0.31", "transformers>=4.48", "pytest", "pytest-xdist"],
     },
 )

@@ -157,6 +157,9 @@ class _LazyRecords(Mapping):
                                    "-endian machine: not supported")
         return raw
 
+    def __contains__(self, key):  # Mapping's default would read the record
+        return key in self._names
+
     def __iter__(self):
         return iter(self._names)
 
