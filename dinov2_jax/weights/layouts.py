@@ -177,7 +177,6 @@ def official_to_hf(sd: Mapping[str, np.ndarray], cfg: ViTConfig) -> tuple[dict, 
             out[pre + rev_block[rest]] = v
         else:
             raise LayoutError(f"official key {k!r} has no transformers equivalent")
-    hidden = None
     for i in range(cfg.depth):
         pre = f"encoder.layer.{i}."
         for n in ("1", "2"):  # transformers always applies LayerScale
