@@ -51,17 +51,9 @@ def load_image(path: str, image_size: int = 224, resize_size: int | None = None)
 
 def make_extract_fn(model):
     """Jitted `images [B, H, W, 3] -> {"cls" [B, D], "patch_tokens" [B, N, D], "register_tokens" [B, R, D]}`."""
-    from flax import nnx
+    from dinov2_jax.pretrained import backbone_features, jit_module
 
-    graphdef, state = nnx.split(model)
-
-    @jax.jit
-    def fn(state, images):
-        out = nnx.merge(graphdef, state).forward_features(images)
-        return {"cls": out["x_norm_clstoken"], "patch_tokens": out["x_norm_patchtokens"],
-                "register_tokens": out["x_norm_regtokens"]}
-
-    return lambda images: fn(state, images)
+    return jit_module(model, backbone_features)
 
 
 def extract_folder(model, images_dir: str, *, batch_size: int = 32, image_size: int = 224,

@@ -108,13 +108,9 @@ def make_feature_fn(model_or_fn, kind: str = "cls") -> Callable:
         return model_or_fn
     if kind != "cls":
         raise ValueError(f"unknown feature kind {kind!r}")
-    graphdef, state = nnx.split(model_or_fn)
+    from dinov2_jax.pretrained import jit_module
 
-    @jax.jit
-    def fn(state, images):
-        return nnx.merge(graphdef, state)(images)
-
-    return lambda images: fn(state, images)
+    return jit_module(model_or_fn, lambda m, images: m(images))
 
 
 def extract_features(fn: Callable, source, *, batch_size: int = 256, image_size: int = 224,

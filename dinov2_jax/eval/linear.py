@@ -78,17 +78,10 @@ def create_linear_input(feats: LinearFeatures, use_n_blocks: int, use_avgpool: b
 
 def make_linear_feature_fn(model, n_last_blocks: int = 4) -> Callable:
     """Jitted `images [B, H, W, 3] -> LinearFeatures` for an NNX backbone (inference, no stochasticity)."""
-    from flax import nnx
+    from dinov2_jax.pretrained import jit_module
 
-    graphdef, state = nnx.split(model)
-
-    @jax.jit
-    def fn(state, images):
-        m = nnx.merge(graphdef, state)
-        out = m.get_intermediate_layers(images, n=n_last_blocks, return_class_token=True, norm=True)
-        return compact_features(out)
-
-    return lambda images: fn(state, images)
+    return jit_module(model, lambda m, images: compact_features(
+        m.get_intermediate_layers(images, n=n_last_blocks, return_class_token=True, norm=True)))
 
 
 # ----------------------------------------------------------------------------- heads

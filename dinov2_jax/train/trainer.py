@@ -541,15 +541,11 @@ def _read_pretrained(path: str, option: str) -> dict:
     dinov2_jax.convert`, or an `eval/training_*` export) or an official `.pth` checkpoint."""
     from flax import nnx
 
-    from dinov2_jax import convert
+    from dinov2_jax import pretrained
 
-    if os.path.isdir(path):
-        model, heads = convert.load_converted(path, with_heads=True)
-    elif os.path.isfile(path):
-        import torch
-
-        obj = torch.load(path, map_location="cpu", weights_only=False)
-        model, heads, _ = convert.convert_torch_checkpoint(obj)
+    if os.path.exists(path):  # any from_pretrained format; a .pth goes through the weights-only reader
+        ckpt = pretrained.read_checkpoint(path)
+        model, heads = pretrained.build_from_checkpoint(ckpt, ckpt.config, with_heads=True)
     else:
         raise FileNotFoundError(f"{option}={path!r} does not exist (a converted directory or an official .pth)")
     params = {"backbone": nnx.state(model, nnx.Param).to_pure_dict()}
