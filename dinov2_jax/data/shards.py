@@ -237,8 +237,7 @@ class ListSource:
         if self._file is None:
             self._file = open(self.list_file, "rb")
         off = int(self._offsets[i])
-        self._file.seek(off)
-        line = self._file.readline().decode("utf-8").rstrip("\r\n")
+        line = self._read_line(off).decode("utf-8").rstrip("\r\n")
         path, label = line, -1
         if "\t" in line:
             path, lab = line.rsplit("\t", 1)
@@ -248,6 +247,18 @@ class ListSource:
                 raise ValueError(f"{self.list_file} entry {i} (byte {off}): label {lab!r} is not an integer; "
                                  "lines are PATH or PATH<TAB>LABEL") from None
         return os.path.join(self.base, path), label
+
+    def _read_line(self, off: int) -> bytes:
+        # positional reads (no shared file position): safe when threads or forked processes share the file
+        fd, chunks, pos = self._file.fileno(), [], off
+        while True:
+            chunk = os.pread(fd, 4096, pos)
+            end = chunk.find(b"\n")
+            if end >= 0 or not chunk:
+                chunks.append(chunk if end < 0 else chunk[:end])
+                return b"".join(chunks)
+            chunks.append(chunk)
+            pos += len(chunk)
 
     def encoded(self, i: int) -> tuple[bytes, int, str]:
         """Entry i undecoded -> (file bytes, label, path); OSError if the file cannot be read."""

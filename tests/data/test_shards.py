@@ -242,8 +242,11 @@ def test_list_source_lazy_offsets(tmp_path):
     # workers get file names, not entries: the pickle does not grow with the list
     big = tmp_path / "big.txt"
     big.write_text("".join(f"{src.files[i % 4]}\t{i % 2}\n" for i in range(5000)))
+    with open(big, "a") as f:
+        f.write("d/" * 3000 + "long.png\t3\n")  # longer than one 4096-byte read
     big_src = ListSource(str(big))
-    assert len(big_src) == 5000 and big_src.entry(4321) == (src.files[1], 1)
+    assert len(big_src) == 5001 and big_src.entry(4321) == (src.files[1], 1)
+    assert big_src.entry(5000) == (str(tmp_path / ("d/" * 3000 + "long.png")), 3)
     assert len(pickle.dumps(big_src)) < 2000
     clone = pickle.loads(pickle.dumps(big_src))
     assert clone.entry(4999) == (src.files[3], 1)
