@@ -26,8 +26,9 @@ synthetic paths, as no file system walk of 10^6 files is run here), a list file 
 start-up = `make_source(spec)` wall time (list: the first start builds the offsets index, later ones
 reuse it; both shown). Worker = a second fresh process standing in for a Grain worker: it unpickles the
 source (what `mp_prefetch` sends each worker), reads + decodes --reads images in a seeded random order
-over the whole dataset; its RSS (VmRSS) after the reads and the growth over its RSS after the imports
-are reported with the images/s and the pickled source size. The files sit in the page cache (just
+over the whole dataset; its RSS (VmRSS) after the reads, the growth over its RSS after the imports and
+the anonymous part of that growth (RssAnon: not file-backed pages, which a memory-mapped index shares
+between workers through the page cache) are reported with the images/s and the pickled source size. The files sit in the page cache (just
 written), so images/s shows the per-read overhead of each source, not a network file system.
 """
 from __future__ import annotations
@@ -211,10 +212,11 @@ def main():
 # ----------------------------------------------------------------------------- source scaling (--scaling)
 
 
-def _rss_mb() -> float:
+def _rss_mb(field: str = "VmRSS") -> float:
+    """VmRSS: all resident memory; RssAnon: the process's own (not file-backed, not shared) part."""
     with open("/proc/self/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024
     return float("nan")
 
@@ -227,7 +229,7 @@ def _scaling_child(mode, arg, reads):
     import dinov2_jax.data.pipeline  # noqa: F401  (grain etc. are loaded in a real worker too)
     from dinov2_jax.data.sources import FolderSource, make_source
 
-    rss0 = _rss_mb()
+    rss0, anon0 = _rss_mb(), _rss_mb("RssAnon")
     if mode == "start":
         spec, pkl = arg.split("|")
         t = time.perf_counter()
@@ -258,7 +260,7 @@ def _scaling_child(mode, arg, reads):
         ok = sum(src[int(i)] is not None for i in order)
         dt = time.perf_counter() - t
         print(json.dumps({"images_per_s": ok / dt if reads else None, "ok": ok, "rss_mb": _rss_mb(),
-                          "rss_delta_mb": _rss_mb() - rss0}))
+                          "rss_delta_mb": _rss_mb() - rss0, "anon_delta_mb": _rss_mb("RssAnon") - anon0}))
 
 
 def _run_child(*args):
@@ -327,13 +329,13 @@ def scaling_main(args):
                 f.writelines(f"{p}\t{lab}\n" for p, lab in zip(files, labels))
             os.replace(lst + ".tmp", lst)
         del files, labels
-        for stale in (lst + ".offsets.npy", lst + ".offsets.json"):  # time the index build from scratch
-            if os.path.exists(stale):
-                os.remove(stale)
         shards = os.path.join(work, f"shards_{n}")
         tp = time.perf_counter()
         pack(f"folder:{folder}" if n <= args.max_files else f"list:{lst}", shards, shard_size=10000, workers=2)
         tp = time.perf_counter() - tp
+        for stale in (lst + ".offsets.npy", lst + ".offsets.json"):  # time the index build from scratch
+            if os.path.exists(stale):
+                os.remove(stale)
         print(f"N={n}: data ready in {time.perf_counter() - t:.1f} s (pack {tp:.1f} s)", flush=True)
 
         specs = [("folder", f"folder:{folder}" if n <= args.max_files else f"folder-index:{n}:{folder}"),
@@ -348,14 +350,16 @@ def scaling_main(args):
             sus = "- (index only)" if st["startup_s"] is None else f"{st['startup_s']:.3f}"
             print(f"  {name:34s} start-up {sus:>14s} s | pickle {st['pickle_bytes'] / 1e6:8.2f} MB | "
                   f"main +{st['rss_delta_mb']:7.1f} MB | worker RSS {wk['rss_mb']:7.1f} MB "
-                  f"(+{wk['rss_delta_mb']:6.1f} MB) | {ips:>6s} images/s", flush=True)
-    print("\n| N | source | start-up s | pickled source MB | worker RSS MB (growth) | images/s (1 worker) |")
+                  f"(+{wk['rss_delta_mb']:6.1f} MB, anon +{wk['anon_delta_mb']:6.1f} MB) | {ips:>6s} images/s",
+                  flush=True)
+    print("\n| N | source | start-up s | pickled source MB | worker RSS MB (growth; of it anonymous) | "
+          "images/s (1 worker) |")
     print("|---|---|---|---|---|---|")
     for n, name, st, wk in rows:
         sus = "— (index only)" if st["startup_s"] is None else f"{st['startup_s']:.3f}"
         ips = "—" if wk["images_per_s"] is None else f"{wk['images_per_s']:.0f}"
         print(f"| {n:.0e} | {name} | {sus} | {st['pickle_bytes'] / 1e6:.2f} | {wk['rss_mb']:.0f} "
-              f"(+{wk['rss_delta_mb']:.1f}) | {ips} |")
+              f"(+{wk['rss_delta_mb']:.1f}; +{wk['anon_delta_mb']:.1f}) | {ips} |")
     if not args.workdir:
         shutil.rmtree(work)
 

@@ -253,4 +253,5 @@ def make_source(spec: str):
 
         path = os.path.expanduser(rest)
         return shards.ShardSource(path) if kind == "shards" else shards.ListSource(path)
-    raise ValueError(f"unknown dataset spec {spec!r}; use folder:PATH, tfds:NAME:SPLIT[:DATA_DIR] or demo[:train|val]")
+    raise ValueError(f"unknown dataset spec {spec!r}; use folder:PATH, tfds:NAME:SPLIT[:DATA_DIR], shards:DIR, "
+                     "list:FILE or demo[:train|val]")
