@@ -204,11 +204,11 @@ def test_two_processes_read_disjoint_parts(packed):
 def test_two_real_processes_read_disjoint_parts(packed):
     """Two separate processes open the shards themselves (no shared state) and read their shares."""
     folder, out, _ = packed
-    code = ("import json, sys; sys.path.insert(0, {root!r}); from tests.data.test_shards import _Paths; "
-            "from dinov2_jax.data.pipeline import shuffled_shard; from dinov2_jax.data.sources import make_source; "
-            "v = _Paths(make_source('shards:{out}')); p = {p}; "
-            "print(json.dumps([shuffled_shard(v, 9, p, 2)[j] for j in range((len(v) + 1 - p) // 2)]))")
-    procs = [subprocess.Popen([sys.executable, "-c", code.format(root=ROOT, out=out, p=p)], stdout=subprocess.PIPE,
+    code = ("import json; from dinov2_jax.data.pipeline import shuffled_shard; "
+            "from dinov2_jax.data.sources import make_source; src = make_source('shards:{out}'); p = {p}; "
+            "s = shuffled_shard(range(len(src)), 9, p, 2); "
+            "print(json.dumps([src.encoded(s[j])[2] for j in range((len(src) + 1 - p) // 2)]))")
+    procs = [subprocess.Popen([sys.executable, "-c", code.format(out=out, p=p)], stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT})
              for p in range(2)]
     parts = []
@@ -314,3 +314,43 @@ def test_pack_cli(packed, tmp_path):
     assert "11 records in 2 shards, 3 classes, 0 skipped" in r.stdout
     r = run("--verify", str(tmp_path / "o"))
     assert r.returncode == 0 and "2 shards, 11 records: OK" in r.stdout
+
+
+
+@pytest.fixture(scope="module")
+def tfds_dir(tmp_path_factory):
+    """A 6-image TFDS dataset in array_record format (PNG bytes; pixel value = example index)."""
+    tfds = pytest.importorskip("tensorflow_datasets")
+    data_dir = str(tmp_path_factory.mktemp("tfds"))
+
+    class TinyPackImages(tfds.core.GeneratorBasedBuilder):
+        VERSION = tfds.core.Version("1.0.0")
+
+        def _info(self):
+            return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
+                "image": tfds.features.Image(shape=(None, None, 3)), "label": tfds.features.ClassLabel(num_classes=3)}))
+
+        def _split_generators(self, dl_manager):
+            return {"train": self._generate_examples()}
+
+        def _generate_examples(self):
+            for i in range(6):
+                buf = io.BytesIO()
+                Image.fromarray(np.full((10 + i, 12, 3), i, np.uint8)).save(buf, "PNG")
+                yield i, {"image": buf.getvalue(), "label": i % 3}
+
+    TinyPackImages(data_dir=data_dir, file_format="array_record").download_and_prepare()
+    return data_dir
+
+
+def test_pack_tfds_keeps_stored_bytes(tfds_dir, tmp_path):
+    spec = f"tfds:tiny_pack_images:train:{tfds_dir}"
+    src = make_source(spec)
+    m = pack(spec, str(tmp_path / "out"), shard_size=4, workers=1)
+    sh = make_source(f"shards:{tmp_path / 'out'}")
+    assert m["num_records"] == len(sh) == len(src) == 6
+    for i in range(6):
+        data, label, path = sh.encoded(i)
+        assert data == bytes(src._ds[i]["image"]) and path == f"tfds:tiny_pack_images:train[{i}]"
+        np.testing.assert_array_equal(np.asarray(sh[i][0]), np.asarray(src[i][0]))
+        assert label == src[i][1]
