@@ -127,28 +127,25 @@ class ShardSource:
 # ----------------------------------------------------------------------------- list files
 
 
-def _scan_line_starts(path: str, chunk: int = 1 << 24) -> np.ndarray:
-    """Byte offsets [N] int64 of the entries of a list file (non-blank lines not starting with '#')."""
-    size = os.path.getsize(path)
-    starts = [np.zeros(1, np.int64)]
+def _entry_starts(path: str, chunk: int = 1 << 24):
+    """Yield, chunk by chunk, the byte offsets (int64) of a list file's entries: lines that are not
+    blank and do not start with '#'. Memory is O(chunk) whatever the file size."""
     with open(path, "rb") as f:
-        pos = 0
+        pos, pending = 0, True  # pending: a line starts at this chunk's first byte
         while True:
             buf = f.read(chunk)
             if not buf:
-                break
-            nl = np.flatnonzero(np.frombuffer(buf, np.uint8) == ord("\n"))
-            starts.append(nl.astype(np.int64) + pos + 1)
-            pos += len(buf)
-    starts = np.concatenate(starts)
-    starts = starts[starts < size]
-    if len(starts) == 0:
-        return starts
-    mm = np.memmap(path, np.uint8, "r")
-    first = mm[starts]
-    del mm
-    keep = (first != ord("\n")) & (first != ord("\r")) & (first != ord("#"))
-    return np.ascontiguousarray(starts[keep])
+                return
+            a = np.frombuffer(buf, np.uint8)
+            local = np.flatnonzero(a == ord("\n")) + 1
+            local = local[local < len(a)]  # a newline ending the chunk starts a line in the next one
+            if pending:
+                local = np.concatenate([np.zeros(1, local.dtype), local])
+            pending = bool(a[-1] == ord("\n"))
+            first = a[local]
+            keep = (first != ord("\n")) & (first != ord("\r")) & (first != ord("#"))
+            yield local[keep].astype(np.int64) + pos
+            pos += len(a)
 
 
 def _index_paths(list_file: str) -> list[str]:
@@ -169,6 +166,35 @@ def _index_is_fresh(index: str, list_file: str) -> bool:
     return m.get("size") == st.st_size and m.get("mtime_ns") == st.st_mtime_ns
 
 
+def _write_index(list_file: str, index: str, count: int, st: os.stat_result) -> None:
+    """Write the `count` entry offsets of `list_file` to `index` (.npy) and its freshness stamp (.json)."""
+    os.makedirs(os.path.dirname(os.path.abspath(index)), exist_ok=True)
+    # temp file + rename: processes building the same index at once never see a partial file
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(index)), suffix=".tmp.npy")
+    os.close(fd)
+    try:
+        out = np.lib.format.open_memmap(tmp, "w+", np.int64, (count,)) if count else np.zeros(0, np.int64)
+        n = 0
+        for part in _entry_starts(list_file):
+            out[n:n + len(part)] = part[:max(0, count - n)]
+            n += len(part)
+        if n != count:
+            raise ValueError(f"{list_file} changed while it was being indexed; retry")
+        if count:
+            out.flush()
+            del out
+        else:
+            np.save(tmp, out)
+        os.replace(tmp, index)
+        with open(tmp + ".json", "w") as f:
+            json.dump({"size": st.st_size, "mtime_ns": st.st_mtime_ns, "entries": count}, f)
+        os.replace(tmp + ".json", index[:-len(".npy")] + ".json")
+    finally:
+        for leftover in (tmp, tmp + ".json"):
+            if os.path.exists(leftover):
+                os.remove(leftover)
+
+
 def line_index(list_file: str) -> str:
     """Path of the cached offsets index of `list_file` (built if missing or older than the file)."""
     candidates = _index_paths(list_file)
@@ -176,20 +202,11 @@ def line_index(list_file: str) -> str:
         if _index_is_fresh(index, list_file):
             return index
     st = os.stat(list_file)
-    starts = _scan_line_starts(list_file)
+    count = sum(len(part) for part in _entry_starts(list_file))  # streaming passes: count, then fill
     errors = []
     for index in candidates:
         try:
-            os.makedirs(os.path.dirname(os.path.abspath(index)), exist_ok=True)
-            # temp file + rename: processes building the same index at once never see a partial file
-            fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(index)), suffix=".tmp.npy")
-            with os.fdopen(fd, "wb") as f:
-                np.save(f, starts)
-            os.replace(tmp, index)
-            meta = index[:-len(".npy")] + ".json"
-            with open(tmp + ".json", "w") as f:
-                json.dump({"size": st.st_size, "mtime_ns": st.st_mtime_ns, "entries": int(len(starts))}, f)
-            os.replace(tmp + ".json", meta)
+            _write_index(list_file, index, count, st)
         except OSError as e:
             errors.append(f"{index}: {e}")
             continue

@@ -15,7 +15,7 @@ from PIL import Image
 from configs.ssl_default import get_config
 from dinov2_jax.data.pack import encoded_item, pack, verify
 from dinov2_jax.data.pipeline import make_train_loader, shuffled_shard
-from dinov2_jax.data.shards import ListSource, ShardSource, decode_record, encode_record
+from dinov2_jax.data.shards import ListSource, ShardSource, _entry_starts, decode_record, encode_record
 from dinov2_jax.data.sources import DemoSource, make_source
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -263,21 +263,40 @@ def test_list_source_lazy_offsets(tmp_path):
         make_source(f"list:{tmp_path / 'empty.txt'}")
 
 
+def test_list_offsets_exact_across_chunk_boundaries(tmp_path):
+    """The streaming scan equals a line-by-line reference for any chunk size (boundaries inside lines,
+    on newlines, on '\r\n', on blank and comment lines)."""
+    text = b"a.png\t1\n\n#c\r\nbb/c.jpg\r\n\n\nddd.png\t22\n#x\n e.png\nf.png"
+    lst = tmp_path / "l.txt"
+    lst.write_bytes(text)
+    ref, pos = [], 0
+    for line in text.split(b"\n"):
+        if line and line[:1] not in (b"\r", b"#"):
+            ref.append(pos)
+        pos += len(line) + 1
+    for chunk in range(1, len(text) + 2):
+        np.testing.assert_array_equal(np.concatenate(list(_entry_starts(str(lst), chunk))), ref, err_msg=chunk)
+    src = ListSource(str(lst))
+    assert [src.entry(i)[0] for i in range(len(src))] == [
+        str(tmp_path / n) for n in ("a.png", "bb/c.jpg", "ddd.png", " e.png", "f.png")]
+
+
 def test_list_index_falls_back_to_cache_dir(tmp_path, monkeypatch):
+    import dinov2_jax.data.shards as shards
+
     folder = _make_folder(tmp_path / "imgs", per_class=(2,), fmt="PNG")
-    ro = tmp_path / "ro"
-    ro.mkdir()
-    lst = ro / "files.txt"
+    lst = tmp_path / "files.txt"
     lst.write_text("".join(f"{f}\n" for f in make_source(f"folder:{folder}").files))
-    os.chmod(ro, 0o555)
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    try:
-        if os.access(ro, os.W_OK):
-            pytest.skip("running as root: cannot make a read-only folder")
-        ls = ListSource(str(lst))
-        assert ls.index_path.startswith(str(tmp_path / "cache")) and len(ls) == 2
-    finally:
-        os.chmod(ro, 0o755)
+    (tmp_path / "not_a_dir").write_text("")
+    unwritable = str(tmp_path / "not_a_dir" / "files.txt.offsets.npy")  # its folder cannot be created
+    cache = str(tmp_path / "cache" / "x.offsets.npy")
+    monkeypatch.setattr(shards, "_index_paths", lambda f: [unwritable, cache])
+    ls = ListSource(str(lst))
+    assert ls.index_path == cache and len(ls) == 2 and ls.entry(1)[0] == make_source(f"folder:{folder}").files[1]
+    monkeypatch.setattr(shards, "_index_paths", lambda f: [unwritable])
+    lst.write_text(lst.read_text() + "x.png\n")  # stale index -> rebuild -> nowhere to write it
+    with pytest.raises(OSError, match="cannot write the offsets index"):
+        ListSource(str(lst))
 
 
 def test_pack_list_and_pixel_sources(tmp_path):
