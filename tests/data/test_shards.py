@@ -315,6 +315,20 @@ def test_pack_list_and_pixel_sources(tmp_path):
     np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(data)).convert("RGB")), demo[3][0])
 
 
+def test_shards_open_lazily_and_missing_shard_is_a_clear_error(packed, tmp_path):
+    import shutil
+
+    _, out, manifest = packed
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    os.remove(copy / manifest["shards"][2]["file"])  # records 6..8
+    sh = make_source(f"shards:{copy}")  # start-up does not touch the shard files
+    assert len(sh) == 11 and sh[0] is not None and sh[9] is not None
+    with pytest.raises(OSError, match="cannot read record 7 .*--verify"):
+        sh[7]
+    assert verify(str(copy)) == [f"{manifest['shards'][2]['file']}: missing"]
+
+
 def test_bad_shard_specs(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         make_source(f"shards:{tmp_path / 'nope'}")
