@@ -159,25 +159,23 @@ def pack(spec: str, out_dir: str, *, shard_size: int = 10000, workers: int = 1, 
             todo.append((out_dir, k, num_shards, k * shard_size, min(n, (k + 1) * shard_size)))
     logger.info("packing %s: %d items -> %d shards of <= %d (%d to write, %d already done) with %d workers",
                 spec, n, num_shards, shard_size, len(todo), num_shards - len(todo), workers)
-    t0, done = time.perf_counter(), 0
-    _SRC = src
-    try:
-        if workers <= 1 or len(todo) <= 1:
-            results = map(_pack_shard, todo)
-            pool = None
-        else:
-            # fork shares the already-built source (e.g. a folder's file list) with the workers
-            method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-            pool = multiprocessing.get_context(method).Pool(min(workers, len(todo)), _init_worker, (spec,))
-            results = pool.imap_unordered(_pack_shard, todo)
-        for side in results:
-            done += 1
+    t0 = time.perf_counter()
+
+    def report(results):
+        for done, side in enumerate(results, 1):
             if done % log_every == 0 or done == len(todo):
                 logger.info("%s: %d records, %d skipped (%d/%d shards, %.1f s)", side["file"], side["num_records"],
                             len(side["skipped"]), done, len(todo), time.perf_counter() - t0)
-        if pool is not None:
-            pool.close()
-            pool.join()
+
+    _SRC = src
+    try:
+        if workers <= 1 or len(todo) <= 1:
+            report(map(_pack_shard, todo))
+        else:
+            # fork shares the already-built source (e.g. a folder's file list) with the workers
+            method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+            with multiprocessing.get_context(method).Pool(min(workers, len(todo)), _init_worker, (spec,)) as pool:
+                report(pool.imap_unordered(_pack_shard, todo))  # an error in a worker stops the pool here
     finally:
         _SRC = None
     return write_manifest(out_dir, config)

@@ -14,7 +14,7 @@ from PIL import Image
 
 from configs.ssl_default import get_config
 from dinov2_jax.data.pack import encoded_item, pack, verify
-from dinov2_jax.data.pipeline import make_train_loader, shuffled_shard
+from dinov2_jax.data.pipeline import make_eval_loader, make_train_loader, shuffled_shard
 from dinov2_jax.data.shards import ListSource, ShardSource, _entry_starts, decode_record, encode_record
 from dinov2_jax.data.sources import DemoSource, make_source
 
@@ -92,6 +92,13 @@ def test_pack_then_shards_equals_folder_in_seeded_order(packed):
         a = _take(make_train_loader(_cfg(f"folder:{folder}"), **kw), 4)  # 16 > 11 images: crosses an epoch
         b = _take(make_train_loader(_cfg(f"shards:{out}"), **kw), 4)
         _assert_batches_equal(a, b)
+    # and the eval loader (fixed order, labels)
+    for x, y in zip(make_eval_loader(f"folder:{folder}", 4, resize_size=36, crop_size=32, process_index=0,
+                                     process_count=1),
+                    make_eval_loader(f"shards:{out}", 4, resize_size=36, crop_size=32, process_index=0,
+                                     process_count=1)):
+        for u, v in zip(x, y):
+            np.testing.assert_array_equal(u, v)
 
 
 def test_shard_source_pickles_the_shard_table_only(packed):
