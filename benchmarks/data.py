@@ -22,7 +22,8 @@ grows. Synthetic tiny JPEGs (16x16, 64 distinct images cycled); for each size N:
 files (only up to --max-files: above it the folder is measured index-only, a FolderSource holding N
 synthetic paths, as no file system walk of 10^6 files is run here), a list file of N lines (above
 --max-files its lines cycle over the folder's files), and the shards packed from the folder or list
-(`dinov2_jax.data.pack`, 2 processes, 10^4 images per shard). Each measurement is a fresh process:
+(`dinov2_jax.data.pack`, 2 processes, 10^4 images per shard), read with the record index in the
+shard files and in RAM (`ShardSource(index_in_memory=...)`). Each measurement is a fresh process:
 start-up = `make_source(spec)` wall time (list: the first start builds the offsets index, later ones
 reuse it; both shown). Worker = a second fresh process standing in for a Grain worker: it unpickles the
 source (what `mp_prefetch` sends each worker), reads + decodes --reads images in a seeded random order
@@ -240,10 +241,11 @@ def _scaling_child(mode, arg, reads):
             src.files = [os.path.join(root, f"c{i % 100:03d}", f"{i:07d}.jpg") for i in range(int(n))]
             src.labels = np.arange(int(n), dtype=np.int64) % 100
             startup = None
-        elif spec.startswith("shards-mem:"):
+        elif spec.startswith(("shards-mem:", "shards-file:")):
             from dinov2_jax.data.shards import ShardSource
 
-            src = ShardSource(spec.split(":", 1)[1], index_in_memory=True)
+            kind, root = spec.split(":", 1)
+            src = ShardSource(root, index_in_memory=kind == "shards-mem")
             startup = time.perf_counter() - t
         else:
             src = make_source(spec)
@@ -340,7 +342,7 @@ def scaling_main(args):
 
         specs = [("folder", f"folder:{folder}" if n <= args.max_files else f"folder-index:{n}:{folder}"),
                  ("list (first start: builds index)", f"list:{lst}"), ("list", f"list:{lst}"),
-                 ("shards", f"shards:{shards}"), ("shards, index_in_memory=True", f"shards-mem:{shards}")]
+                 ("shards, index in file", f"shards-file:{shards}"), ("shards, index in RAM", f"shards-mem:{shards}")]
         for name, spec in specs:
             pkl = os.path.join(work, "source.pkl")
             st = _run_child("start", f"{spec}|{pkl}", 0)

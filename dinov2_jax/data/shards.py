@@ -36,6 +36,7 @@ MANIFEST = "manifest.json"
 FORMAT = "dinov2_jax-shards-v1"
 _MAGIC = b"DJR1"
 _HEADER = struct.Struct("<4sqI")  # magic, label, path length
+IN_MEMORY_INDEX_MAX_RECORDS = 4_000_000  # ShardSource's default: record index in RAM up to this size
 
 
 def encode_record(image_bytes: bytes, label: int, path: str) -> bytes:
@@ -73,11 +74,12 @@ def load_manifest(root: str) -> dict:
 class ShardSource:
     """Packed ArrayRecord shards (`shards:DIR`): random access to record i over all shards, in order."""
 
-    def __init__(self, root: str, *, index_in_memory: bool = False):
-        """index_in_memory: keep each opened shard's record index in RAM (9-29 bytes per record measured,
-        so 1-4 GB per worker at 142M images once every shard has been read) instead of reading it from
-        the file (page cache) per record: ~15x faster lookups (~20 us vs ~0.3 ms per record on a 2-core
-        VM), worth it for datasets up to a few million images (see docs/benchmarks.md)."""
+    def __init__(self, root: str, *, index_in_memory: bool | None = None):
+        """index_in_memory: keep each opened shard's record index in RAM (9-29 bytes per record measured)
+        instead of reading it from the shard file (page cache) for every record; lookups are ~30x faster
+        (~30 us vs ~1 ms per record on a busy 2-core VM, docs/benchmarks.md). None (default): in RAM up
+        to `IN_MEMORY_INDEX_MAX_RECORDS` records (<= ~120 MB per worker), else in the file, so that a
+        worker does not grow to 1-4 GB at 142M images once it has read from every shard."""
         if not root:
             raise ValueError("empty shards path: use shards:/path/to/packed_dir")
         import grain
@@ -87,13 +89,16 @@ class ShardSource:
         self.classes = list(manifest["classes"])
         self.num_skipped_at_pack = len(manifest["skipped"])
         # "file[0:n]" read instructions: the record counts come from the manifest, so no shard file is
-        # opened (or even listed) here; readers open on first access. By default each open reader's
-        # per-record index stays in the file ("offloaded") instead of in every worker's memory.
+        # opened (or even listed) here; readers open on first access. For big datasets each open
+        # reader's per-record index stays in the file ("offloaded") instead of in every worker's memory.
         paths = [f"{os.path.join(root, s['file'])}[0:{s['num_records']}]"
                  for s in manifest["shards"] if s["num_records"] > 0]
         if not paths:
             raise ValueError(f"{root!r}: the manifest lists no records (every input was skipped, see "
                              f"'skipped' in {os.path.join(root, MANIFEST)})")
+        if index_in_memory is None:
+            index_in_memory = manifest["num_records"] <= IN_MEMORY_INDEX_MAX_RECORDS
+        self.index_in_memory = bool(index_in_memory)
         options = ({"index_storage_option": "in_memory"} if index_in_memory else
                    {"index_storage_option": "offloaded", "footer_prefetch_bytes": "0"})
         self._ds = grain.sources.ArrayRecordDataSource(paths, reader_options=options)

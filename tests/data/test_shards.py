@@ -101,6 +101,17 @@ def test_pack_then_shards_equals_folder_in_seeded_order(packed):
             np.testing.assert_array_equal(u, v)
 
 
+def test_record_index_in_file_or_in_memory_reads_the_same(packed, monkeypatch):
+    import dinov2_jax.data.shards as shards
+
+    _, out, _ = packed
+    in_file, in_ram = ShardSource(out, index_in_memory=False), ShardSource(out, index_in_memory=True)
+    assert [in_file.encoded(i) for i in range(11)] == [in_ram.encoded(i) for i in range(11)]
+    assert ShardSource(out).index_in_memory  # default: in RAM for a small dataset...
+    monkeypatch.setattr(shards, "IN_MEMORY_INDEX_MAX_RECORDS", 10)
+    assert not ShardSource(out).index_in_memory  # ...in the files above the threshold
+
+
 def test_shard_source_pickles_the_shard_table_only(packed):
     _, out, _ = packed
     sh = make_source(f"shards:{out}")
