@@ -8,7 +8,7 @@
   writes); relative paths are relative to FILE's folder; blank lines and lines starting with `#` are
   ignored. The byte offset of every entry is computed once (numpy scan) and cached beside FILE as
   `FILE.offsets.npy`; every process memory-maps it (the OS page cache shares it between workers), and
-  reads entry i by seeking to its offset. Nothing per-image is pickled into workers.
+  reads entry i with a positional read at its offset. Nothing per-image is pickled into workers.
 
 Both return `(PIL RGB image, label)` or None (counted warning) for an image that does not decode, like
 the other sources, so the train pipeline's seeded global shuffle (`grain.MapDataset.shuffle`, a
