@@ -6,6 +6,9 @@ Spec strings (`make_source`):
   Extensions .jpg .jpeg .png .webp, any case.
 - `tfds:NAME:SPLIT[:DATA_DIR]`  a TFDS dataset prepared with `file_format="array_record"`, read with
   `tfds.data_source` (no TensorFlow needed). Image bytes are decoded here with PIL.
+- `shards:DIR`  ArrayRecord shards written by `python -m dinov2_jax.data.pack SOURCE DIR`, and
+  `list:FILE`  one `PATH[<TAB>LABEL]` per line, read lazily (both in dinov2_jax/data/shards.py: for
+  datasets too large to list at start-up, see docs/data.md).
 - `demo` / `demo:train` / `demo:val`  built-in labelled dataset from scikit-image's bundled sample
   photos (no download): each class is one photo, each sample a seeded random crop + flip of it.
 
@@ -245,4 +248,10 @@ def make_source(spec: str):
         return TfdsSource(parts[0], parts[1], os.path.expanduser(parts[2]) if len(parts) == 3 else None)
     if kind == "demo":
         return DemoSource(rest or "train")
-    raise ValueError(f"unknown dataset spec {spec!r}; use folder:PATH, tfds:NAME:SPLIT[:DATA_DIR] or demo[:train|val]")
+    if kind in ("shards", "list"):
+        from dinov2_jax.data import shards
+
+        path = os.path.expanduser(rest)
+        return shards.ShardSource(path) if kind == "shards" else shards.ListSource(path)
+    raise ValueError(f"unknown dataset spec {spec!r}; use folder:PATH, tfds:NAME:SPLIT[:DATA_DIR], shards:DIR, "
+                     "list:FILE or demo[:train|val]")
