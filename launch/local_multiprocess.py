@@ -9,11 +9,14 @@ Everything after `--` is the argument list of `python` in each process. Each chi
 `dinov2_jax.parallel.distributed.initialize_from_env()` reads. On CPU (default `--platform cpu`) each
 process gets `--devices-per-process` simulated devices. Output lines are prefixed with `[i]`. If one
 process fails the others are terminated and the exit code is the first non-zero one.
+SIGTERM and SIGINT sent to the launcher are forwarded to every child (the trainer then saves a
+checkpoint in all processes and exits 0); the launcher waits for them to finish.
 """
 from __future__ import annotations
 
 import argparse
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -59,6 +62,16 @@ def launch(python_args: list[str], num_processes: int, *, port: int | None = Non
         pumps.append(t)
     deadline = None if timeout is None else time.monotonic() + timeout
     rc = 0
+
+    def forward(signum, frame):
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signum)
+
+    old_handlers = {}
+    if threading.current_thread() is threading.main_thread():
+        for s in (signal.SIGTERM, signal.SIGINT):
+            old_handlers[s] = signal.signal(s, forward)
     try:
         while True:
             codes = [p.poll() for p in procs]  # poll every process (any() would stop at the first)
@@ -72,6 +85,8 @@ def launch(python_args: list[str], num_processes: int, *, port: int | None = Non
                 break
             time.sleep(0.1)
     finally:
+        for s, h in old_handlers.items():
+            signal.signal(s, h)
         for p in procs:  # only the processes started here
             if p.poll() is None:
                 p.terminate()

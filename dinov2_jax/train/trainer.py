@@ -7,11 +7,15 @@
   `train.max_iterations > 0` stops after `max_iterations` iterations (schedules unchanged);
 * hyper-parameters of iteration `it` are `hparams_at(schedules, it)` (host floats -> f32 scalars, so
   the step compiles once);
-* every `train.checkpoint_period` iterations, at the end and on SIGTERM: an Orbax checkpoint
-  `ckpt/<it+1>` with the train state, the data-iterator state and the merged config;
-* a restart with the same `output_dir` restores the newest checkpoint and continues exactly
-  (same batches, same random keys, same losses);
-* every `evaluation.eval_period_iterations`: the teacher is exported to `eval/training_<it>/` in the
+* every `train.checkpoint_period` iterations, at the end and on SIGTERM / a first SIGINT: an Orbax
+  checkpoint `ckpt/<it+1>` with the train state, the data-iterator state and the merged config (with
+  several processes, all agree on the iteration to stop after: `dinov2_jax.train.stop_agreement`);
+* a restart with the same `output_dir` restores the newest checkpoint that passes its checks
+  (checksums, structure, finite values; a damaged one is set aside with a warning) and continues
+  exactly (same batches, same random keys, same losses);
+* every input is checked before the first step (`dinov2_jax.train.run_checks`), and the output
+  directory is locked against a second run;
+* every `evaluation.eval_period_iterations` (after that iteration's checkpoint, if any): the teacher is exported to `eval/training_<it>/` in the
   converter's format and, if `evaluation.knn_train_dataset` is set, evaluated with k-NN, with a PCA
   picture of its patch features on 8 validation images (`eval/training_<it>/pca.png`);
 * after every checkpoint and evaluation, `training_curves.png` (losses, schedules, gradient norms,
@@ -28,8 +32,7 @@ import dataclasses
 import json
 import math
 import os
-import signal
-import threading
+import sys
 import time
 from typing import Any, Callable
 
@@ -39,7 +42,9 @@ import ml_collections
 import numpy as np
 
 from dinov2_jax import config as config_lib
-from dinov2_jax.train.checkpoint import Checkpointer
+from dinov2_jax.train import run_checks
+from dinov2_jax.train.checkpoint import Checkpointer, as_path_string, tree_all_finite
+from dinov2_jax.train.stop_agreement import StepAgreement, StopSignals
 from dinov2_jax.train.curves import plot_training_curves
 from dinov2_jax.train.metrics_logger import MetricsLogger
 
@@ -170,17 +175,20 @@ def iteration_range(cfg: ml_collections.ConfigDict, schedule_len: int) -> int:
 
 
 def check_output_dir(path: str) -> str:
-    """Creates `path` and checks it is writable; returns the absolute path."""
-    path = os.path.abspath(path)
+    """Creates `path` and checks it is writable; returns the absolute path (a remote URL such as
+    gs://bucket/run keeps its scheme: it is opened through etils.epath, as Orbax does)."""
+    from etils import epath
+
+    path = as_path_string(path)
     try:
-        os.makedirs(path, exist_ok=True)
-        probe = os.path.join(path, f".write_test_{os.getpid()}")
-        with open(probe, "w") as f:
-            f.write("ok")
-        os.remove(probe)
+        p = epath.Path(path)
+        p.mkdir(parents=True, exist_ok=True)
+        probe = p / f".write_test_{os.getpid()}"
+        probe.write_text("ok")
+        probe.unlink()
     except OSError as e:
         raise PermissionError(
-            f"train.output_dir={path!r} is not writable ({e.strerror}); pass "
+            f"train.output_dir={path!r} is not writable ({e.strerror or e}); pass "
             f"--config.train.output_dir=<a writable directory>") from None
     return path
 
@@ -197,36 +205,8 @@ def check_dataset_spec(spec: str, key: str = "train.dataset_path") -> None:
                 f"(e.g. ImageNet train/) or use 'demo' for the built-in data")
 
 
-class _StopFlag:
-    """Set by SIGTERM/SIGINT handlers; the loop finishes the current step, saves and returns."""
-
-    def __init__(self):
-        self.signum: int | None = None
-        self._old = {}
-
-    def install(self):
-        if threading.current_thread() is not threading.main_thread():
-            return self  # signal handlers can only be set from the main thread
-        for s in (signal.SIGTERM,):
-            self._old[s] = signal.signal(s, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        self.signum = signum
-
-    def restore(self):
-        for s, h in self._old.items():
-            signal.signal(s, h)
-
-
 def _to_float_dict(tree: dict) -> dict[str, float]:
     return {k: float(v) for k, v in tree.items()}
-
-
-def _tree_all_finite(tree: Any) -> bool:
-    leaves = [x for x in jax.tree.leaves(tree)
-              if hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jnp.floating)]
-    return bool(all(bool(jnp.all(jnp.isfinite(x))) for x in leaves))
 
 
 def _loss_of(metrics: dict[str, float]) -> float:
@@ -266,13 +246,33 @@ def train(cfg: ml_collections.ConfigDict, components: Components | None = None, 
           stream=None, use_mesh: bool = True) -> TrainResult:
     """Runs or resumes the run of `cfg` (not yet finalized: the LR scaling rule is applied here)."""
     world = jax.device_count()
+    run_checks.check_config_values(cfg)  # before the LR scaling rule divides by the batch size
     cfg = config_lib.finalize_config(cfg, world)
     output_dir = check_output_dir(cfg.train.output_dir)
     check_dataset_spec(cfg.train.dataset_path)
-    if cfg.train.batch_size_per_gpu < 1:
-        raise ValueError(f"train.batch_size_per_gpu must be >= 1, got {cfg.train.batch_size_per_gpu}")
-    comp = components or default_components()  # after the input checks: they need no heavy imports
+    run_checks.check_eval_inputs(cfg)
+    agree = StepAgreement()
     is_main = jax.process_index() == 0  # files are written once per run, by process 0
+    lock = run_checks.RunLock(output_dir, warn=lambda m: print(m, file=stream or sys.stderr, flush=True))
+    lock_error = None
+    if is_main:
+        try:
+            lock.acquire()
+        except run_checks.OutputDirInUseError as e:
+            lock_error = e
+    if not agree.all_true(lock_error is None):
+        raise lock_error or run_checks.OutputDirInUseError(
+            f"train.output_dir={output_dir!r} is in use by another run (process 0 could not lock it)")
+    try:
+        return _train_locked(cfg, components, stream, use_mesh, output_dir, agree)
+    finally:
+        lock.release()
+
+
+def _train_locked(cfg, components, stream, use_mesh, output_dir, agree) -> TrainResult:
+    world = jax.device_count()
+    comp = components or default_components()  # after the input checks: they need no heavy imports
+    is_main = jax.process_index() == 0
     if is_main:
         config_lib.save_config(cfg, output_dir)
     config_json = config_lib.config_to_json(cfg)
@@ -288,12 +288,12 @@ def train(cfg: ml_collections.ConfigDict, components: Components | None = None, 
     state = (comp.create_train_state(cfg, key, mesh=mesh) if mesh is not None
              else comp.create_train_state(cfg, key))
     ckpt = Checkpointer(os.path.join(output_dir, "ckpt"), max_to_keep=cfg.train.max_to_keep)
-    data_state = None
     start_it = 0
-    latest = ckpt.latest_step()
+    latest, state, data_state, saved_cfg = ckpt.restore_latest_valid(state, warn=logger.info,
+                                                                     all_true=agree.all_true)
     if latest is not None:
-        state, data_state, saved_cfg = ckpt.restore(latest, state)
         start_it = latest
+        run_checks.check_resume_compatible(saved_cfg, cfg, f"{ckpt.directory}/{latest}")
         changed = config_lib.config_diff(config_lib.config_from_json(json.dumps(saved_cfg)), cfg)
         logger.info(f"Resuming from {ckpt.directory}/{latest} (iteration {start_it})"
                     + (f"; config keys changed since that checkpoint: {changed}" if changed else ""))
@@ -318,7 +318,7 @@ def train(cfg: ml_collections.ConfigDict, components: Components | None = None, 
     if data_state is not None:
         loader.set_state(data_state)
     step_fn = comp.make_train_step(cfg)
-    stop = _StopFlag().install()
+    stop = StopSignals(stream=stream).install()
     global_batch = cfg.train.batch_size_per_gpu * world
 
     losses: dict[int, float] = {}
@@ -332,7 +332,8 @@ def train(cfg: ml_collections.ConfigDict, components: Components | None = None, 
     def kept() -> str:
         if last_saved is None:
             return "No checkpoint had been saved yet"
-        return f"The last good checkpoint ({ckpt.directory}/{last_saved}) is intact"
+        return (f"The last checkpoint ({ckpt.directory}/{last_saved}) is kept (its values were finite when "
+                f"saved; a resume checks its checksums)")
 
     def drain():
         """Pulls the pending metrics to host, stops on a non-finite loss, feeds the logger."""
@@ -352,7 +353,7 @@ def train(cfg: ml_collections.ConfigDict, components: Components | None = None, 
 
     def save(step: int):
         nonlocal last_saved
-        if not _tree_all_finite(state):
+        if not tree_all_finite(state):
             raise TrainingDivergedError(
                 f"the train state after iteration {step - 1} holds NaN/inf values; not saving it. "
                 f"{kept()}.")
@@ -384,7 +385,9 @@ def train(cfg: ml_collections.ConfigDict, components: Components | None = None, 
             n_window += 1
             is_last = it == last_it
             do_log = (it + 1) % cfg.train.log_period == 0 or is_last or it == start_it
-            stopping = stop.signum is not None  # read once: a signal arriving later is seen next iteration
+            # every process learns whether any process was signalled, so all stop after this same
+            # iteration and enter the (collective) save together
+            stopping, _ = agree.poll(stop.signum is not None)
             do_ckpt = (it + 1) % cfg.train.checkpoint_period == 0 or is_last or stopping
             period = cfg.evaluation.eval_period_iterations
             do_eval = period > 0 and (it + 1) % period == 0
@@ -399,16 +402,17 @@ def train(cfg: ml_collections.ConfigDict, components: Components | None = None, 
                     "current_batch_size": cfg.train.batch_size_per_gpu,
                 })
                 t_window, n_window = time.time(), 0
+            if do_ckpt:  # before the evaluation: a failing evaluation must not cost the iterations before it
+                save(it + 1)
             if do_eval:
                 t_eval = time.time()
                 run_periodic_eval(cfg, comp, state, it, output_dir, logger)
                 t_window += time.time() - t_eval  # evaluation time is not training throughput
-            if do_ckpt:
-                save(it + 1)
             if do_ckpt or do_eval:
                 draw_curves()
             if stopping:
-                logger.info(f"Received signal {stop.signum} at iteration {it}: saved checkpoint "
+                who = f"signal {stop.signum}" if stop.signum is not None else "a stop signal of another process"
+                logger.info(f"Received {who} at iteration {it}: saved checkpoint "
                             f"{ckpt.directory}/{it + 1}; exiting. Restart with the same "
                             f"train.output_dir to resume.")
                 break
