@@ -278,6 +278,9 @@ def _train_locked(cfg, components, stream, use_mesh, output_dir, agree) -> Train
     config_json = config_lib.config_to_json(cfg)
 
     logger = MetricsLogger(output_dir, total_iters=0, stream=stream, write_files=is_main)
+    if logger.dropped_torn_line:
+        logger.info(f"Dropped the cut-off last line of {output_dir}/training_metrics.json (the previous run was "
+                    f"killed while writing it): {logger.dropped_torn_line[:80]!r}")
     mesh = build_mesh(cfg) if use_mesh else None
     schedules = comp.build_schedules(cfg)
     schedule_len = len(schedules["lr"])

@@ -186,3 +186,16 @@ def test_second_sigint_exits_at_once(tmp_path):
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.returncode == 130, r.stdout + r.stderr
     assert "Second SIGINT" in r.stderr and "NOT EXITED" not in r.stdout
+
+
+def test_torn_last_metrics_line_is_dropped_not_merged(tmp_path):
+    run(toy_cfg(tmp_path, **{"train.max_iterations": 4}))
+    path = tmp_path / "training_metrics.json"
+    whole = path.read_bytes()
+    path.write_bytes(whole + b'{"iteration": 4, "total_lo')  # killed mid-write
+    log = io.StringIO()
+    trainer.train(toy_cfg(tmp_path, **{"train.max_iterations": 6}), toy_components(), use_mesh=False, stream=log)
+    assert "cut-off last line" in log.getvalue()
+    records = [json.loads(line) for line in path.read_text().splitlines()]  # every line parses
+    assert [r["iteration"] for r in records] == [0, 1, 3, 4, 5]
+    assert path.read_bytes().startswith(whole)
