@@ -29,6 +29,7 @@ so the loop itself can be tested with a toy objective.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import math
 import os
@@ -44,6 +45,7 @@ import numpy as np
 from dinov2_jax import config as config_lib
 from dinov2_jax.train import run_checks
 from dinov2_jax.train.checkpoint import Checkpointer, as_path_string, tree_all_finite
+from dinov2_jax.train.disk_full import DiskFullError, DiskFullGuard, is_disk_full
 from dinov2_jax.train.stop_agreement import StepAgreement, StopSignals
 from dinov2_jax.train.curves import plot_training_curves
 from dinov2_jax.train.metrics_logger import MetricsLogger
@@ -365,14 +367,22 @@ def _train_locked(cfg, components, stream, use_mesh, output_dir, agree) -> Train
 
     def draw_curves():
         # A picture must never end a long run: a failure is reported in the log, training goes on.
-        if not is_main:
+        if not is_main or guard.seen:
             return
         try:
             plot_training_curves(output_dir)
         except Exception as e:  # noqa: BLE001 - reported, not swallowed
             logger.info(f"WARNING: could not draw {output_dir}/training_curves.png: {e!r}")
 
+    def disk_full_error() -> DiskFullError:
+        return DiskFullError(
+            errno.ENOSPC, f"no space left on device while writing to {output_dir}. A checkpoint that was not "
+            f"complete is ignored on resume (the newest complete one is used): free space (or lower "
+            f"train.max_to_keep) and run the same command again")
+
     stopping = False
+    guard = DiskFullGuard(stream).install()
+    failure = None
     try:
         for it in range(start_it, last_it + 1):
             t_data = time.time()
@@ -420,10 +430,24 @@ def _train_locked(cfg, components, stream, use_mesh, output_dir, agree) -> Train
                             f"train.output_dir to resume.")
                 break
         drain()
+    except BaseException as e:
+        failure = e
+        if is_disk_full(e):
+            raise disk_full_error() from None
+        raise
     finally:
         stop.restore()
-        ckpt.close()  # waits for the last asynchronous save
-        logger.close()
+        for close in (ckpt.close, logger.close):  # ckpt.close waits for the last asynchronous save
+            try:
+                close()
+            except BaseException as e:
+                if failure is not None:
+                    continue  # the first error is the one reported
+                failure = e
+                if is_disk_full(e):
+                    raise disk_full_error() from None
+                raise
+        guard.remove()
     return TrainResult(start_it, (last_saved or 0), last_it, stopping, losses, record)
 
 

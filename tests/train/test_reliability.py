@@ -199,3 +199,37 @@ def test_torn_last_metrics_line_is_dropped_not_merged(tmp_path):
     records = [json.loads(line) for line in path.read_text().splitlines()]  # every line parses
     assert [r["iteration"] for r in records] == [0, 1, 3, 4, 5]
     assert path.read_bytes().startswith(whole)
+
+
+def test_disk_full_gives_one_clear_error(tmp_path):
+    """A 300 KB file system fills after a few checkpoints: the run ends with DiskFullError and a handful
+    of lines, not Orbax's tracebacks. Needs root to mount a tmpfs (skipped otherwise, with the reason)."""
+    small = tmp_path / "small"
+    small.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("needs root to mount a small tmpfs (mount -t tmpfs -o size=300k)")
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=300k", "tmpfs", str(small)], capture_output=True, text=True)
+    if r.returncode:
+        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
+    try:
+        code = ("import sys\n"
+                f"sys.path.insert(0, {os.path.dirname(__file__)!r})\n"
+                "from test_trainer import toy_cfg, toy_components\n"
+                "from dinov2_jax.train import trainer\n"
+                "from dinov2_jax.train.disk_full import DiskFullError\n"
+                f"cfg = toy_cfg({str(small / 'run')!r}, **{{'train.checkpoint_period': 1, 'train.max_to_keep': 100,"
+                " 'optim.epochs': 30})\n"
+                "try:\n"
+                "    trainer.train(cfg, toy_components(), use_mesh=False)\n"
+                "except DiskFullError as e:\n"
+                "    print('DISK FULL:', e.strerror)\n"
+                "    sys.exit(3)\n")
+        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    finally:
+        subprocess.run(["umount", str(small)])
+    out = r.stdout + r.stderr
+    assert r.returncode == 3, out[-3000:]
+    assert "DISK FULL: no space left on device while writing to" in out and "run the same command" in out
+    assert "Traceback" not in out and "Event loop is closed" not in out, out[-3000:]
+    assert out.count("no space left on device while writing the run's files") == 1
+    assert len(out.splitlines()) < 30, out
