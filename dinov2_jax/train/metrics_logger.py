@@ -105,6 +105,8 @@ class MetricsLogger:
         grads = [f"{k.split('/')[-1]}={record[k]:.3g}" for k in sorted(record) if k.startswith("grad_norm/")]
         if grads:
             parts.append("grad_norm: " + ",".join(grads))
+        if record.get("skipped_images"):  # unreadable images dropped by the loader (shown once there are some)
+            parts.append(f"skipped_images: {int(record['skipped_images'])}")
         return f"Training [{bar}] [{done}/{self.total_iters}] eta: {eta}  " + "  ".join(parts)
 
     def info(self, message: str) -> None:

@@ -107,7 +107,7 @@ def default_components() -> Components:
 
     def make_loader(cfg, seed):
         # one loader per process feeds all its local devices; `_put_batch` assembles the global batch
-        return make_train_loader(cfg, seed=seed,
+        return make_train_loader(cfg, seed=seed, sample_index=True,
                                  batch_size_per_process=cfg.train.batch_size_per_gpu * jax.local_device_count())
 
     return Components(create_train_state=create_train_state, make_train_step=make_train_step,
@@ -324,6 +324,10 @@ def _train_locked(cfg, components, stream, use_mesh, output_dir, agree) -> Train
         loader.set_state(data_state)
     step_fn = comp.make_train_step(cfg)
     stop = StopSignals(stream=stream).install()
+    from dinov2_jax.data.pipeline import SkippedImageCount
+
+    skipped = SkippedImageCount(jax.process_index(), jax.process_count(), cfg.train.get("num_workers", 0),
+                                fresh_start=latest is None)
     global_batch = cfg.train.batch_size_per_gpu * world
 
     losses: dict[int, float] = {}
@@ -387,6 +391,8 @@ def _train_locked(cfg, components, stream, use_mesh, output_dir, agree) -> Train
         for it in range(start_it, last_it + 1):
             t_data = time.time()
             batch = next(loader)
+            if "sample_index" in batch:  # positions of the delivered images: counts the dropped ones
+                skipped.update(batch.pop("sample_index"))
             data_time = time.time() - t_data
             hp = {k: np.float32(v) for k, v in comp.hparams_at(schedules, it).items()}
             state, metrics = step_fn(state, _put_batch(batch, mesh), hp)
@@ -400,7 +406,7 @@ def _train_locked(cfg, components, stream, use_mesh, output_dir, agree) -> Train
             do_log = (it + 1) % cfg.train.log_period == 0 or is_last or it == start_it
             # every process learns whether any process was signalled, so all stop after this same
             # iteration and enter the (collective) save together
-            stopping, _ = agree.poll(stop.signum is not None)
+            stopping, skipped_total = agree.poll(stop.signum is not None, skipped.count)
             do_ckpt = (it + 1) % cfg.train.checkpoint_period == 0 or is_last or stopping
             period = cfg.evaluation.eval_period_iterations
             do_eval = period > 0 and (it + 1) % period == 0
@@ -413,6 +419,7 @@ def _train_locked(cfg, components, stream, use_mesh, output_dir, agree) -> Train
                     "iter_time": dt / max(n_window, 1), "data_time": data_time,
                     "images_per_s": global_batch * n_window / max(dt, 1e-9),
                     "current_batch_size": cfg.train.batch_size_per_gpu,
+                    "skipped_images": skipped_total,  # unreadable images dropped so far, all processes
                 })
                 t_window, n_window = time.time(), 0
             if do_ckpt:  # before the evaluation: a failing evaluation must not cost the iterations before it

@@ -233,3 +233,24 @@ def test_disk_full_gives_one_clear_error(tmp_path):
     assert "Traceback" not in out and "Event loop is closed" not in out, out[-3000:]
     assert out.count("no space left on device while writing the run's files") == 1
     assert len(out.splitlines()) < 30, out
+
+
+def test_skipped_image_count_in_metrics_and_progress_line(tmp_path):
+    class Gappy(ToyLoader):
+        """Batch i holds stream positions 8i..8i+7, but positions 10 and 21 were unreadable (dropped)."""
+
+        def __next__(self):
+            b = super().__next__()
+            good = [g for g in range(100) if g not in (10, 21)]
+            b["sample_index"] = np.asarray(good[8 * (self.pos - 1):8 * self.pos])
+            return b
+
+    comp = toy_components()
+    comp.make_train_loader = lambda cfg, seed: Gappy(seed)
+    log = io.StringIO()
+    trainer.train(toy_cfg(tmp_path, **{"train.max_iterations": 4, "train.num_workers": 0, "train.log_period": 1}),
+                  comp, use_mesh=False, stream=log)
+    records = [json.loads(line) for line in open(tmp_path / "training_metrics.json")]
+    assert [r["skipped_images"] for r in records] == [0, 1, 2, 2]
+    lines = [ln for ln in log.getvalue().splitlines() if ln.startswith("Training")]
+    assert "skipped_images" not in lines[0] and lines[-1].endswith("skipped_images: 2")
