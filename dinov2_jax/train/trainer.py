@@ -49,6 +49,7 @@ from dinov2_jax.train.disk_full import DiskFullError, DiskFullGuard, is_disk_ful
 from dinov2_jax.train.stop_agreement import StepAgreement, StopSignals
 from dinov2_jax.train.curves import plot_training_curves
 from dinov2_jax.train.metrics_logger import MetricsLogger
+from dinov2_jax.train.remote_dir import RemoteMirror, is_remote
 
 
 class TrainingDivergedError(RuntimeError):
@@ -275,13 +276,31 @@ def _train_locked(cfg, components, stream, use_mesh, output_dir, agree) -> Train
     world = jax.device_count()
     comp = components or default_components()  # after the input checks: they need no heavy imports
     is_main = jax.process_index() == 0
+    # a remote output dir (gs://...): checkpoints go there directly, the other files through a local
+    # mirror uploaded after every checkpoint (dinov2_jax/train/remote_dir.py)
+    mirror = RemoteMirror(output_dir) if is_remote(output_dir) and is_main else None
+    if mirror is not None:
+        mirror.download()
+    files_dir = mirror.local if mirror is not None else output_dir
+
+    def upload():
+        if mirror is None:
+            return
+        try:
+            mirror.upload()
+        except Exception as e:  # noqa: BLE001 - the checkpoints are safe; the logs are retried next time
+            logger.info(f"WARNING: could not copy the run's files from {mirror.local} to {output_dir}: {e!r}")
+
     if is_main:
-        config_lib.save_config(cfg, output_dir)
+        config_lib.save_config(cfg, files_dir)
     config_json = config_lib.config_to_json(cfg)
 
-    logger = MetricsLogger(output_dir, total_iters=0, stream=stream, write_files=is_main)
+    logger = MetricsLogger(files_dir, total_iters=0, stream=stream, write_files=is_main)
+    if mirror is not None:
+        logger.info(f"train.output_dir {output_dir} is remote: checkpoints are written there, the logs, curves and "
+                    f"exports to {mirror.local} and copied there after every checkpoint")
     if logger.dropped_torn_line:
-        logger.info(f"Dropped the cut-off last line of {output_dir}/training_metrics.json (the previous run was "
+        logger.info(f"Dropped the cut-off last line of {files_dir}/training_metrics.json (the previous run was "
                     f"killed while writing it): {logger.dropped_torn_line[:80]!r}")
     mesh = build_mesh(cfg) if use_mesh else None
     schedules = comp.build_schedules(cfg)
@@ -317,7 +336,7 @@ def _train_locked(cfg, components, stream, use_mesh, output_dir, agree) -> Train
         return TrainResult(start_it, start_it, last_it, False, {}, None)
 
     if latest is None and cfg.evaluation.get("knn_at_start", False):
-        run_periodic_eval(cfg, comp, state, -1, output_dir, logger, export=False)  # the random-init baseline
+        run_periodic_eval(cfg, comp, state, -1, files_dir, logger, export=False)  # the random-init baseline
 
     loader = comp.make_train_loader(cfg, seed=cfg.train.seed)
     if data_state is not None:
@@ -374,9 +393,9 @@ def _train_locked(cfg, components, stream, use_mesh, output_dir, agree) -> Train
         if not is_main or guard.seen:
             return
         try:
-            plot_training_curves(output_dir)
+            plot_training_curves(files_dir)
         except Exception as e:  # noqa: BLE001 - reported, not swallowed
-            logger.info(f"WARNING: could not draw {output_dir}/training_curves.png: {e!r}")
+            logger.info(f"WARNING: could not draw {files_dir}/training_curves.png: {e!r}")
 
     def disk_full_error() -> DiskFullError:
         return DiskFullError(
@@ -426,10 +445,12 @@ def _train_locked(cfg, components, stream, use_mesh, output_dir, agree) -> Train
                 save(it + 1)
             if do_eval:
                 t_eval = time.time()
-                run_periodic_eval(cfg, comp, state, it, output_dir, logger)
+                run_periodic_eval(cfg, comp, state, it, files_dir, logger)
                 t_window += time.time() - t_eval  # evaluation time is not training throughput
             if do_ckpt or do_eval:
                 draw_curves()
+            if do_ckpt:
+                upload()
             if stopping:
                 who = f"signal {stop.signum}" if stop.signum is not None else "a stop signal of another process"
                 logger.info(f"Received {who} at iteration {it}: saved checkpoint "
@@ -455,6 +476,7 @@ def _train_locked(cfg, components, stream, use_mesh, output_dir, agree) -> Train
                     raise disk_full_error() from None
                 raise
         guard.remove()
+        upload()
     return TrainResult(start_it, (last_saved or 0), last_it, stopping, losses, record)
 
 
