@@ -7,9 +7,10 @@ save), for when the save itself is not wanted or hangs.
 With several processes each one receives its signal at its own moment (a scheduler may signal them
 seconds apart, or only one of them). A checkpoint save is a collective, so if each process acted on its
 own flag they would enter the save at different iterations and wait for each other forever.
-`StepAgreement.poll` all-gathers every process's flag (and its count of skipped images) once per
-iteration, so all processes stop after the same iteration and save together. The all-gather is a few
-int64 scalars: microseconds next to a train step.
+`StepAgreement.poll` combines every process's flag (and its count of skipped images) once per
+iteration, so all processes stop after the same iteration and save together. It is a reduction of two
+int32 per device, read one iteration late so that the host never waits on the train step for it
+(`benchmarks/stop_agreement_cost.py`).
 
 A process that dies (kill -9, out of memory, lost host) stops sending heartbeats to the JAX coordination
 service; after `heartbeat_timeout_seconds` (`DINOV2_HEARTBEAT_TIMEOUT_S`, see
@@ -62,27 +63,53 @@ class StopSignals:
 
 
 class StepAgreement:
-    """Per-iteration agreement of all processes: stop or not, and the total of a per-process counter."""
+    """Per-iteration agreement of all processes: stop or not, and the total of a per-process counter.
+
+    `poll` is a tiny jitted reduction over every device. It is read one iteration late, so it never
+    makes the host wait for the train step just dispatched (the reduction is queued behind it on the
+    device): the value returned at iteration `it` combines what every process passed at `it - 1`.
+    Every process therefore gets the same answer at the same iteration."""
 
     def __init__(self):
         self.multi = jax.process_count() > 1
+        self._pending = None
+        if self.multi:
+            import jax.numpy as jnp
+            from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+            mesh = Mesh(np.asarray(jax.devices()), ("all",))
+            self._rows = NamedSharding(mesh, PartitionSpec("all"))
+            # one row per device; only the first local device's row carries this process's values
+            self._reduce = jax.jit(lambda x: jnp.stack([jnp.max(x[:, 0]), jnp.sum(x[:, 1])]),
+                                   out_shardings=NamedSharding(mesh, PartitionSpec()))
+
+    def _dispatch(self, values: list[int]):
+        local = np.zeros((jax.local_device_count(), 2), np.int32)
+        local[0] = values
+        glob = jax.make_array_from_process_local_data(self._rows, local)
+        return self._reduce(glob)
+
+    @staticmethod
+    def _read(result) -> tuple[bool, int]:
+        got = np.asarray(result.addressable_data(0))
+        return bool(got[0]), int(got[1])
 
     def poll(self, stop_requested: bool, count: int = 0) -> tuple[bool, int]:
-        """(any process asked to stop, sum of `count` over processes). A collective when there are several
-        processes: every process must call it once per iteration."""
+        """(some process asked to stop, sum of `count` over processes), as of the previous call (see the
+        class doc; (False, count) at the first call). With several processes a collective: every process
+        calls it once per iteration. One process: this call's values, at once."""
         if not self.multi:
             return stop_requested, int(count)
-        from jax.experimental import multihost_utils
-
-        got = np.asarray(multihost_utils.process_allgather(np.array([int(stop_requested), int(count)], np.int64)))
-        got = got.reshape(-1, 2)
-        return bool(got[:, 0].any()), int(got[:, 1].sum())
+        previous, self._pending = self._pending, self._dispatch([int(stop_requested), int(count)])
+        if previous is None:
+            return False, int(count)
+        return self._read(previous)
 
     def all_true(self, ok: bool) -> bool:
-        """True iff `ok` on every process (a collective with several processes)."""
+        """True iff `ok` on every process (a blocking collective with several processes)."""
         if not self.multi:
             return bool(ok)
         from jax.experimental import multihost_utils
 
-        got = np.asarray(multihost_utils.process_allgather(np.array([int(bool(ok))], np.int64)))
+        got = np.asarray(multihost_utils.process_allgather(np.array([int(bool(ok))], np.int32)))
         return bool(got.all())
