@@ -465,18 +465,21 @@ def _train_locked(cfg, components, stream, use_mesh, output_dir, agree) -> Train
         raise
     finally:
         stop.restore()
-        for close in (ckpt.close, logger.close):  # ckpt.close waits for the last asynchronous save
-            try:
-                close()
-            except BaseException as e:
-                if failure is not None:
-                    continue  # the first error is the one reported
-                failure = e
-                if is_disk_full(e):
-                    raise disk_full_error() from None
-                raise
-        guard.remove()
-        upload()
+        try:
+            for close in (ckpt.close, logger.close):  # ckpt.close waits for the last asynchronous save
+                try:
+                    close()
+                except BaseException as e:
+                    if failure is not None:
+                        continue  # the first error is the one reported
+                    failure = e
+                    if is_disk_full(e):
+                        raise disk_full_error() from None
+                    raise
+        finally:
+            guard.remove()
+            if not guard.seen:
+                upload()
     return TrainResult(start_it, (last_saved or 0), last_it, stopping, losses, record)
 
 
