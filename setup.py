@@ -23,10 +23,11 @@ setup(
         "scikit-image",
         "scipy",
         "absl-py",
+        "etils[epath]",  # paths with remote schemes (gs://, s3://) for train.output_dir, as Orbax uses
     ],
     extras_require={
         # torch only for weight conversion and parity tests; pinned to the CPU wheel our machines carry.
         "torch": ["torch==2.13.0"],
-        "test": ["torch==2.13.0", "timm==1.0.31", "pytest", "pytest-xdist"],
+        "test": ["torch==2.13.0", "timm==1.0.31", "pytest", "pytest-xdist", "fsspec"],
     },
 )

@@ -18,7 +18,7 @@ from dinov2_jax.train.run_checks import OutputDirInUseError, RunLock
 
 
 @pytest.fixture
-def memory_scheme(monkeypatch):
+def memory_scheme(monkeypatch, tmp_path):
     import fsspec
     from etils import epath
     from etils.epath import backend, gpath, register
@@ -28,17 +28,30 @@ def memory_scheme(monkeypatch):
     monkeypatch.setitem(gpath._URI_MAP_ROOT, "memory://", "/memory/")
     monkeypatch.setitem(gpath._PREFIX_TO_BACKEND, "memory", backend.fsspec_backend)
     monkeypatch.setitem(register._URI_PREFIXES_TO_CLS, "memory://", gpath.PosixGPath)
+    memory = fsspec.filesystem("memory")
+    local_fs = backend._FileSystemSpecBackend.fs
+    monkeypatch.setattr(backend._FileSystemSpecBackend, "fs",
+                        lambda self, path: memory if os.fspath(path).startswith("memory://") else local_fs(self, path))
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)  # a URL mistaken for a local path would show up here
     yield epath.Path
-    fs = fsspec.filesystem("memory")
-    for top in list(fs.store):
-        fs.store.pop(top, None)
-    fs.pseudo_dirs[:] = [""]
+    assert os.listdir(cwd) == [], "something wrote the memory:// URL as a local path"
+    for key in list(memory.store):
+        memory.store.pop(key, None)
+    memory.pseudo_dirs[:] = [""]
+
+
+def _in_memory_fs(url):
+    import fsspec
+
+    return fsspec.filesystem("memory").exists(url)
 
 
 def test_output_dir_keeps_remote_scheme(memory_scheme):
     url = "memory://bucket/run1"
     assert trainer.check_output_dir(url) == url  # not /cwd/memory:/bucket/run1
-    assert memory_scheme(url).is_dir()
+    assert memory_scheme(url).is_dir() and _in_memory_fs(url)
     assert checkpoint_lib.as_path_string(url) == url
 
 
@@ -75,6 +88,7 @@ def test_mirror_uploads_changed_files_and_downloads_on_resume(memory_scheme, tmp
     memory_scheme(url + "/ckpt/7").mkdir(parents=True)
     (memory_scheme(url) / "ckpt" / "7" / "big").write_bytes(b"1")
     again = RemoteMirror(url, local=str(tmp_path / "b"))
+    assert _in_memory_fs(f"{url}/eval/x.json")
     assert again.download() == 2  # not the checkpoint
     assert (tmp_path / "b" / "training_metrics.json").read_text() == '{"iteration": 0}\n{"iteration": 1}\n'
     assert not (tmp_path / "b" / "ckpt").exists()
@@ -98,7 +112,7 @@ def test_trainer_with_remote_output_dir(memory_scheme, tmp_path, monkeypatch):
     assert "is remote" in log.getvalue()
     remote = memory_scheme(url)
     for name in ("config.json", "config.yaml", "training_metrics.json", "training_curves.png"):
-        assert (remote / name).exists(), name
+        assert (remote / name).exists() and _in_memory_fs(f"{url}/{name}"), name
     assert not (remote / ".dinov2_run.lock").exists()
     import shutil
 
