@@ -19,6 +19,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import logging
 import os
 import threading
 import time
@@ -206,10 +207,14 @@ class Checkpointer:
         """Background thread of process 0: waits for Orbax's commit of `step`, then writes its checksums."""
         d = self.step_dir(step)
         try:
-            while not (d / "commit_success.txt").exists() and not (d / "_CHECKPOINT_METADATA").exists():
-                if not self._manager.is_saving_in_progress() and not d.exists():
-                    return  # the save failed (reported by Orbax); nothing to checksum
+            # Orbax's last act of a save is `commit_success.txt` in the final directory (written before
+            # the rename of the temporary directory on local disks, after all files on object stores)
+            while not (d / "commit_success.txt").exists():
+                if not self._manager.is_saving_in_progress():
+                    break  # finished: committed (an Orbax without that file) or failed
                 time.sleep(0.02)
+            if not d.exists():
+                return  # the save failed (Orbax reports it); nothing to checksum
             write_checksums(d)
         except Exception as e:  # noqa: BLE001 - reported by wait()/close()
             self.checksum_errors.append(f"checksums of {d}: {e!r}")
@@ -218,6 +223,11 @@ class Checkpointer:
         for t in self._checksum_threads:
             t.join()
         self._checksum_threads = []
+        for err in self.checksum_errors:
+            logging.getLogger(__name__).warning(
+                "could not write a checkpoint's checksums (a resume checks it for structure and finite values "
+                "only): %s", err)
+        self.checksum_errors = []
 
     def latest_step(self) -> int | None:
         """Newest complete checkpoint (unfinished temporary directories are never listed)."""

@@ -143,3 +143,26 @@ def test_dead_peer_makes_survivor_exit_nonzero(tmp_path):
     assert ("stopped sending heartbeats" in text or "Connection reset by peer" in text
             or "Connection closed by peer" in text), text[-3000:]
     print(f"survivor exited with {rc} after {elapsed:.1f} s")
+
+
+@pytest.mark.heavy
+def test_two_process_resume_skips_damaged_newest_checkpoint(tmp_path):
+    """2 processes: the newest checkpoint's array file is truncated; both processes agree to set it aside
+    and resume from the previous one, with the losses of a straight run."""
+    from test_distributed import _losses, _train_2proc
+
+    straight, damaged = tmp_path / "straight", tmp_path / "damaged"
+    _train_2proc(straight, 8)
+    _train_2proc(damaged, 6)
+    assert sorted(os.listdir(damaged / "ckpt")) == ["3", "6"]
+    files = [os.path.join(d, f) for d, _, fs in os.walk(damaged / "ckpt" / "6" / "state") for f in fs
+             if os.sep + "d" + os.sep in os.path.join(d, f)]
+    big = max(files, key=os.path.getsize)
+    with open(big, "r+b") as f:
+        f.truncate(os.path.getsize(big) // 2)
+    log = _train_2proc(damaged, 8)
+    assert log.count("/ckpt/6 is damaged") == 2, log[-4000:]  # both processes say so
+    assert "Resuming from" in log and "/ckpt/3 (iteration 3)" in log
+    a, b = _losses(straight), _losses(damaged)
+    for it in range(3, 8):
+        assert abs(a[it] - b[it]) <= 1e-6 * abs(a[it]), (it, a[it], b[it])
