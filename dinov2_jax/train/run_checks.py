@@ -9,18 +9,22 @@ at the same point on every resume) on a bad number or a missing evaluation folde
 * `check_resume_compatible`: the settings the saved data-iterator position depends on
   (`train.num_workers`, the per-device batch size) are unchanged;
 * `RunLock`: `output_dir/.dinov2_run.lock` holds the owner's host and pid, so a second run started in
-  the same directory refuses instead of overwriting the first run's checkpoints. A lock left by a
-  process that no longer exists on this host is taken over with a warning.
+  the same directory refuses instead of overwriting the first run's checkpoints. The owner rewrites it
+  every minute; a lock left by a process that no longer exists on this host, or not rewritten for
+  `DINOV2_LOCK_STALE_S` seconds (default 600: a run killed on another host, e.g. a preempted job
+  requeued elsewhere), is taken over with a warning.
 """
 from __future__ import annotations
 
 import json
 import os
 import socket
+import threading
 import time
 from typing import Callable
 
 LOCK_NAME = ".dinov2_run.lock"
+LOCK_REFRESH_S = 60.0
 
 
 class OutputDirInUseError(RuntimeError):
@@ -114,9 +118,29 @@ class RunLock:
         self.warn = warn
         self.held = False
         self.me = {"host": socket.gethostname(), "pid": os.getpid()}
+        self.stale_after = float(os.environ.get("DINOV2_LOCK_STALE_S", 600))
+        self._started = time.strftime("%Y-%m-%d %H:%M:%S")
+        self._stop = threading.Event()
+        self._refresher: threading.Thread | None = None
+
+    def _body(self) -> str:
+        return json.dumps({**self.me, "started": self._started, "updated": time.time()})
+
+    def _refresh_loop(self) -> None:
+        while not self._stop.wait(LOCK_REFRESH_S):
+            try:
+                self.path.write_text(self._body())
+            except OSError:
+                pass  # e.g. disk full: the run reports that itself; the lock just ages
+
+    def _hold(self) -> "RunLock":
+        self.held = True
+        self._refresher = threading.Thread(target=self._refresh_loop, daemon=True)
+        self._refresher.start()
+        return self
 
     def acquire(self) -> "RunLock":
-        body = json.dumps({**self.me, "started": time.strftime("%Y-%m-%d %H:%M:%S")})
+        body = self._body()
         local = "://" not in os.fspath(self.path)
         for _ in range(2):
             if local:
@@ -127,12 +151,10 @@ class RunLock:
                 else:
                     with os.fdopen(fd, "w") as f:
                         f.write(body)
-                    self.held = True
-                    return self
+                    return self._hold()
             elif not self.path.exists():  # remote stores have no O_EXCL: best effort
                 self.path.write_text(body)
-                self.held = True
-                return self
+                return self._hold()
             self._take_over_if_stale()
         raise OutputDirInUseError(f"could not take the lock {self.path}")
 
@@ -142,20 +164,27 @@ class RunLock:
         except (OSError, ValueError):
             owner = {}
         host, pid = owner.get("host"), owner.get("pid")
+        age = time.time() - float(owner.get("updated", 0) or 0)
         if host == self.me["host"] and isinstance(pid, int) and not _pid_alive(pid):
-            self.warn(f"WARNING: taking over the lock {self.path} of process {pid} on {host}, which no longer "
-                      f"exists (that run was killed)")
-            self.path.unlink(missing_ok=True)
-            return
-        raise OutputDirInUseError(
-            f"train.output_dir is in use by another run (process {pid} on host {host}, started "
-            f"{owner.get('started', '?')}; lock file {self.path}). Two runs in one directory would overwrite "
-            f"each other's checkpoints: use another train.output_dir, or if that run is dead (e.g. on another "
-            f"host), delete the lock file")
+            why = "which no longer exists (that run was killed)"
+        elif age > self.stale_after:
+            why = f"not refreshed for {age:.0f} s > DINOV2_LOCK_STALE_S={self.stale_after:.0f} (that run is dead)"
+        else:
+            raise OutputDirInUseError(
+                f"train.output_dir is in use by another run (process {pid} on host {host}, started "
+                f"{owner.get('started', '?')}, lock refreshed {age:.0f} s ago; lock file {self.path}). Two runs in "
+                f"one directory would overwrite each other's checkpoints: use another train.output_dir, or if that "
+                f"run is dead, delete the lock file (or wait: a lock not refreshed for {self.stale_after:.0f} s is "
+                f"taken over)")
+        self.warn(f"WARNING: taking over the lock {self.path} of process {pid} on {host}, {why}")
+        self.path.unlink(missing_ok=True)
 
     def release(self) -> None:
         if not self.held:
             return
+        self._stop.set()
+        if self._refresher is not None:
+            self._refresher.join()
         try:
             owner = json.loads(self.path.read_text())
             if owner.get("host") == self.me["host"] and owner.get("pid") == self.me["pid"]:

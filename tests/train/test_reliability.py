@@ -3,6 +3,7 @@ at start, the output-directory lock, SIGINT."""
 import io
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -142,10 +143,23 @@ def test_second_run_in_same_output_dir_refuses(tmp_path):
     # a live owner: this test process (any running pid on this host)
     import socket
 
-    lock.write_text(json.dumps({"host": socket.gethostname(), "pid": os.getppid(), "started": "x"}))
+    import time
+
+    lock.write_text(json.dumps({"host": socket.gethostname(), "pid": os.getppid(), "started": "x",
+                                "updated": time.time()}))
     with pytest.raises(OutputDirInUseError, match=f"process {os.getppid()} on host"):
         run(toy_cfg(tmp_path, **{"train.max_iterations": 2}))
     assert not (tmp_path / "ckpt").exists()
+    # another host's lock, refreshed recently: refused; not refreshed for > 10 min: taken over
+    lock.write_text(json.dumps({"host": "elsewhere", "pid": 7, "started": "x", "updated": time.time() - 60}))
+    with pytest.raises(OutputDirInUseError, match="process 7 on host elsewhere"):
+        run(toy_cfg(tmp_path, **{"train.max_iterations": 2}))
+    lock.write_text(json.dumps({"host": "elsewhere", "pid": 7, "started": "x", "updated": time.time() - 3600}))
+    log = io.StringIO()
+    res = trainer.train(toy_cfg(tmp_path, **{"train.max_iterations": 1}), toy_components(), use_mesh=False,
+                        stream=log)
+    assert sorted(res.losses) == [0] and "not refreshed for" in log.getvalue()
+    shutil.rmtree(tmp_path / "ckpt")
     # a stale lock: its process is gone -> taken over with a warning
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
