@@ -194,9 +194,9 @@ class Checkpointer:
 
     def __init__(self, directory: str, max_to_keep: int = 3, async_save: bool = True):
         self.directory = as_path_string(directory)
-        self._options = ocp.CheckpointManagerOptions(
+        options = ocp.CheckpointManagerOptions(
             max_to_keep=max_to_keep, create=True, enable_async_checkpointing=async_save)
-        self._manager = ocp.CheckpointManager(self.directory, options=self._options)
+        self._manager = ocp.CheckpointManager(self.directory, options=options)
         self._checksum_threads: list[threading.Thread] = []
         self.checksum_errors: list[str] = []
 
