@@ -10,9 +10,10 @@ from __future__ import annotations
 import errno
 import logging
 import sys
+import threading
 
 _NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
-_TEXT = ("No space left on device", "Disk quota exceeded", "RESOURCE_EXHAUSTED")
+_TEXT = ("No space left on device", "Disk quota exceeded")
 
 
 class DiskFullError(OSError):
@@ -27,7 +28,7 @@ def is_disk_full(exc: BaseException | None) -> bool:
         seen.add(id(exc))
         if isinstance(exc, OSError) and exc.errno in _NO_SPACE:
             return True
-        if any(t in str(exc) for t in _TEXT[:2]):
+        if any(t in str(exc) for t in _TEXT):
             return True
         exc = exc.__cause__ or exc.__context__
     return False
@@ -48,21 +49,35 @@ class DiskFullGuard(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
         text = record.getMessage()
-        if is_disk_full(exc) or any(t in text for t in _TEXT[:2]):
-            if not self.seen:
-                print("ERROR: no space left on device while writing the run's files (Orbax's tracebacks "
-                      "suppressed)", file=self.stream or sys.stderr, flush=True)
-            self.seen = True
+        if is_disk_full(exc) or any(t in text for t in _TEXT):
+            self._report_once()
             return False
         if self.seen and ("Event loop is closed" in text or (exc is not None and "Event loop is closed" in str(exc))):
             return False
         return True
 
+    def _report_once(self) -> None:
+        if not self.seen:
+            print("ERROR: no space left on device while writing the run's files (Orbax's tracebacks "
+                  "suppressed)", file=self.stream or sys.stderr, flush=True)
+        self.seen = True
+
+    def _thread_excepthook(self, args) -> None:
+        # a background thread dying of the full disk prints its traceback through threading.excepthook
+        if is_disk_full(args.exc_value):
+            self._report_once()
+            return
+        self._old_hook(args)
+
     def install(self) -> "DiskFullGuard":
         for name in self.LOGGERS:
             logging.getLogger(name).addFilter(self)
+        self._old_hook = threading.excepthook
+        threading.excepthook = self._thread_excepthook
         return self
 
     def remove(self) -> None:
         for name in self.LOGGERS:
             logging.getLogger(name).removeFilter(self)
+        if threading.excepthook == self._thread_excepthook:
+            threading.excepthook = self._old_hook
