@@ -268,3 +268,13 @@ def test_skipped_image_count_in_metrics_and_progress_line(tmp_path):
     assert [r["skipped_images"] for r in records] == [0, 1, 2, 2]
     lines = [ln for ln in log.getvalue().splitlines() if ln.startswith("Training")]
     assert "skipped_images" not in lines[0] and lines[-1].endswith("skipped_images: 2")
+
+
+def test_cli_config_error_is_one_line_exit_2(tmp_path):
+    root = os.path.join(os.path.dirname(__file__), "..", "..")
+    r = subprocess.run([sys.executable, "-m", "dinov2_jax.train", "--config", "configs/quickstart.py",
+                        f"--config.train.output_dir={tmp_path}", "--config.train.log_period=0"],
+                       capture_output=True, text=True, timeout=300, cwd=root)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert r.stderr.strip().splitlines()[-1].startswith("error: train.log_period=0: must be an integer >= 1")
+    assert "Traceback" not in r.stderr
