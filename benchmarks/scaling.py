@@ -187,22 +187,24 @@ def budget_bytes(mesh_shape, p_bytes: int, tensor_activation_bytes: int = 0) -> 
     return total + tensor_activation_bytes
 
 
-def tensor_activation_bytes(cfg, arch, n_images: int, mesh_shape) -> int:
-    """Megatron all-reduces: per block 2 in the forward (attention out, MLP out) and 2 in the backward,
-    each of a [tokens, D] activation in the compute dtype, for the student's global and local crops
-    (forward + backward) and the teacher's global crops (forward only); batch rows split over data*fsdp."""
-    d, f, t = mesh_shape
-    if t == 1:
+def tensor_activation_bytes(cfg, arch, batch, mesh_shape) -> int:
+    """Megatron all-reduces of a [rows, width] activation in the compute dtype (full-buffer measure):
+    per block 2 in the forward (attention out, MLP out) and 2 in the backward, for the student's global
+    and local crops (forward + backward) and the teacher's global crops (forward only); per head call
+    1 forward (+ 1 backward for the student) of the hidden layer, over the rows each head sees (cls tokens
+    and the masked-token buffer)."""
+    if mesh_shape[2] == 1:
         return 0
     dim, depth = arch["embed_dim"], arch["depth"]
     p = cfg.student.patch_size
-    g_tok = (cfg.crops.global_crops_size // p) ** 2 + 1
-    l_tok = (cfg.crops.local_crops_size // p) ** 2 + 1
-    rows = 2 * n_images * g_tok + cfg.crops.local_crops_number * n_images * l_tok
-    teacher_rows = 2 * n_images * g_tok
-    per_block = 4 * rows + 2 * teacher_rows  # student fwd+bwd (2+2), teacher fwd (2)
-    return per_block * depth * dim * 4 * d * f // (d * f)  # full-buffer measure: all batch rows
-
+    n_global, n_local = batch["collated_global_crops"].shape[0], batch["collated_local_crops"].shape[0]
+    g_tok = (cfg.crops.global_crops_size // p) ** 2 + 1 + cfg.student.num_register_tokens
+    l_tok = (cfg.crops.local_crops_size // p) ** 2 + 1 + cfg.student.num_register_tokens
+    student_rows, teacher_rows = n_global * g_tok + n_local * l_tok, n_global * g_tok
+    blocks = (4 * student_rows + 2 * teacher_rows) * depth * dim
+    masked = batch["mask_indices_list"].size
+    heads = (2 * (n_global + n_local + masked) + (n_global + masked)) * cfg.dino.head_hidden_dim
+    return 4 * (blocks + heads)
 
 def measure(rates=(0.0, 0.4), meshes=MESHES, n_images: int = 16, verbose: bool = True) -> list[dict]:
     import jax
@@ -220,7 +222,7 @@ def measure(rates=(0.0, 0.4), meshes=MESHES, n_images: int = 16, verbose: bool =
             mesh = make_mesh(dict(zip(("data", "fsdp", "tensor"), shape)), devices=jax.devices()[:8])
             c = compile_step(cfg, arch, batch, mesh)
             coll = collective_bytes(c.as_text())
-            budget = budget_bytes(shape, pb, tensor_activation_bytes(cfg, arch, n_images, shape))
+            budget = budget_bytes(shape, pb, tensor_activation_bytes(cfg, arch, batch, shape))
             row = {"drop_path": rate, "mesh": shape, "flops_1": f1, "flops_dev": flops(c),
                    "split": f1 / flops(c), "collectives": coll, "collective_total": sum(coll.values()),
                    "budget": budget, "param_bytes": pb, "memory": memory_per_device(c),
@@ -229,6 +231,30 @@ def measure(rates=(0.0, 0.4), meshes=MESHES, n_images: int = 16, verbose: bool =
             if verbose:
                 print(format_row(row), flush=True)
     return rows
+
+
+def state_init_memory(config_path: str = "configs/vitg14.py", mesh_shape=(1, 8, 1)) -> dict:
+    """Compiled memory per device of creating the train state born sharded (the trainer's path) vs the
+    state's total bytes. Nothing is allocated: XLA's memory analysis of the compiled init."""
+    import jax
+
+    from dinov2_jax.config import load_config_file
+    from dinov2_jax.parallel.mesh import make_mesh
+    from dinov2_jax.parallel.sharding import param_shardings
+    from dinov2_jax.train.train_step import create_train_state
+
+    cfg = load_config_file(config_path)
+    mesh = make_mesh(dict(zip(("data", "fsdp", "tensor"), mesh_shape)), devices=jax.devices()[:8])
+    init = lambda k: create_train_state(cfg, k)
+    shapes = jax.eval_shape(init, jax.random.key(0))
+    total = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(shapes)
+                if not jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key))
+    out_sh = param_shardings(shapes, mesh, min_size=cfg.mesh.fsdp_min_size)
+    compiled = jax.jit(init, out_shardings=out_sh).lower(jax.random.key(0)).compile()
+    mem = memory_per_device(compiled)
+    per_device = mem["outputs"] + mem["temporaries"]
+    return {"config": config_path, "mesh": mesh_shape, "state_bytes": total, "per_device_bytes": per_device,
+            "fraction": per_device / total, **mem}
 
 
 def format_row(r: dict) -> str:
@@ -247,10 +273,17 @@ def main():
     ap.add_argument("--rates", type=float, nargs="+", default=[0.0, 0.4])
     ap.add_argument("--meshes", nargs="+", default=[",".join(map(str, m)) for m in MESHES],
                     help="data,fsdp,tensor triples")
+    ap.add_argument("--init-config", default="configs/vitg14.py",
+                    help="config whose state creation is analysed on fsdp=8 ('' to skip)")
     args = ap.parse_args()
     _setup_devices()
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
     measure(tuple(args.rates), tuple(tuple(int(x) for x in m.split(",")) for m in args.meshes))
+    if args.init_config:
+        r = state_init_memory(args.init_config)
+        print(f"state creation {r['config']} on fsdp=8: {r['per_device_bytes'] / 2**30:.2f} GiB per device "
+              f"(outputs {r['outputs'] / 2**30:.2f} + temporaries {r['temporaries'] / 2**30:.2f}) of a "
+              f"{r['state_bytes'] / 2**30:.2f} GiB state = {r['fraction']:.3f} (1/8 = 0.125)", flush=True)
 
 
 if __name__ == "__main__":
