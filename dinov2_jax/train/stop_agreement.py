@@ -1,7 +1,7 @@
 """Stopping a run on a signal, in step across processes.
 
 `StopSignals` turns SIGTERM and the first SIGINT (Ctrl-C) into a stop request: the loop finishes the
-current iteration, saves a checkpoint and returns. A second SIGINT exits at once (exit code 130, no
+current iteration, saves a checkpoint and returns. A SIGINT after that exits at once (exit code 130, no
 save), for when the save itself is not wanted or hangs.
 
 With several processes each one receives its signal at its own moment (a scheduler may signal them
@@ -45,7 +45,7 @@ class StopSignals:
         return self
 
     def _handle(self, signum, frame):
-        if signum == signal.SIGINT and self.signum == signal.SIGINT:
+        if signum == signal.SIGINT and self.signum is not None:  # Ctrl-C while already stopping
             print("Second SIGINT: exiting now without saving (the previous checkpoint is kept).",
                   file=sys.stderr, flush=True)
             os._exit(130)
