@@ -55,7 +55,11 @@ def launch(python_args: list[str], num_processes: int, *, port: int | None = Non
         if platform == "cpu":
             flags = [f for f in env.get("XLA_FLAGS", "").split() if "xla_force_host_platform_device_count" not in f]
             env["XLA_FLAGS"] = " ".join(flags + [f"--xla_force_host_platform_device_count={devices_per_process}"])
-        p = subprocess.Popen([sys.executable, *python_args], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        # own session: a Ctrl-C in the terminal reaches the children once, through `forward` below (the
+        # terminal's SIGINT to the whole process group plus the forwarded one would count as a second
+        # Ctrl-C, which makes the trainer exit without saving)
+        p = subprocess.Popen([sys.executable, *python_args], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             start_new_session=True)
         t = threading.Thread(target=_pump, args=(p.stdout, f"[{i}] ", sys.stdout), daemon=True)
         t.start()
         procs.append(p)

@@ -166,3 +166,29 @@ def test_two_process_resume_skips_damaged_newest_checkpoint(tmp_path):
     a, b = _losses(straight), _losses(damaged)
     for it in range(3, 8):
         assert abs(a[it] - b[it]) <= 1e-6 * abs(a[it]), (it, a[it], b[it])
+
+
+def test_terminal_ctrl_c_reaches_each_child_once():
+    """Ctrl-C in a terminal signals the launcher's whole process group; the children (own sessions) get
+    it once, forwarded, not twice (a second SIGINT makes the trainer exit without saving)."""
+    code = ("import signal, sys, time\n"
+            "got = []\n"
+            "signal.signal(signal.SIGINT, lambda s, f: got.append(s))\n"
+            "print('READY', flush=True)\n"
+            "t = time.time()\n"
+            "while not got and time.time() - t < 60: time.sleep(0.05)\n"
+            "time.sleep(1.0)\n"
+            "print('GOT', got, flush=True)\n")
+    p = subprocess.Popen([sys.executable, str(ROOT / "launch" / "local_multiprocess.py"), "-n", "2", "--", "-c", code],
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT, start_new_session=True)
+    lines = []
+    t = threading.Thread(target=lambda: lines.extend(iter(p.stdout.readline, "")), daemon=True)
+    t.start()
+    deadline = time.time() + 60
+    while sum("READY" in ln for ln in lines) < 2 and time.time() < deadline:
+        time.sleep(0.05)
+    os.killpg(p.pid, signal.SIGINT)  # what the terminal does
+    rc = p.wait(timeout=60)
+    t.join(timeout=5)
+    out = "".join(lines)
+    assert rc == 0 and out.count("GOT [2]") == 2, out
