@@ -278,3 +278,15 @@ def test_cli_config_error_is_one_line_exit_2(tmp_path):
     assert r.returncode == 2, r.stdout + r.stderr
     assert r.stderr.strip().splitlines()[-1].startswith("error: train.log_period=0: must be an integer >= 1")
     assert "Traceback" not in r.stderr
+
+
+def test_cli_missing_eval_folder_fails_before_training(tmp_path):
+    """The real quickstart config with a missing k-NN val folder: exit 2 naming the key, before any
+    iteration or checkpoint (before: the run died at its first evaluation, and every resume there)."""
+    root = os.path.join(os.path.dirname(__file__), "..", "..")
+    r = subprocess.run([sys.executable, "-m", "dinov2_jax.train", "--config", "configs/quickstart.py",
+                        f"--config.train.output_dir={tmp_path}", "--config.evaluation.knn_val_dataset=folder:/no/val"],
+                       capture_output=True, text=True, timeout=600, cwd=root)
+    assert r.returncode == 2, r.stdout[-2000:] + r.stderr[-2000:]
+    assert "evaluation.knn_val_dataset='folder:/no/val'" in r.stderr and "Traceback" not in r.stderr
+    assert "Training [" not in r.stdout and not (tmp_path / "ckpt").exists()
