@@ -7,7 +7,9 @@ Preprocessing is the official eval transform: resize the shorter side to 256 (bi
 image_size * 256/224 for other sizes), center crop `image_size`, ImageNet normalisation.
 The .npz holds `cls` [N, D] (final-norm cls token), `files` [N] (paths relative to DIR, sorted),
 `patch_tokens` [N, h, w, D] when --patch-tokens (or needed for --pca-png, then saved too) and
-`register_tokens` [N, R, D] for register models.
+`register_tokens` [N, R, D] for register models. Images that cannot be decoded are skipped with a
+warning each and counted; their paths are saved as `skipped_files` (present only then; they are left
+out of `files`).
 """
 from __future__ import annotations
 
@@ -39,14 +41,13 @@ def list_images(root: str) -> list[str]:
 
 
 def load_image(path: str, image_size: int = 224, resize_size: int | None = None) -> np.ndarray:
-    """Path -> eval-transformed float32 [image_size, image_size, 3]."""
-    from PIL import Image
-
+    """Path -> eval-transformed float32 [image_size, image_size, 3] (decoded as the data sources do,
+    incl. 16-bit grayscale scaled to 8 bits)."""
     from dinov2_jax.data.augmentations import eval_resize_size, eval_transform
+    from dinov2_jax.data.sources import decode_image
 
     resize_size = resize_size or eval_resize_size(image_size)
-    with Image.open(path) as img:
-        return eval_transform(img.convert("RGB"), resize_size=resize_size, crop_size=image_size)
+    return eval_transform(decode_image(path), resize_size=resize_size, crop_size=image_size)
 
 
 def make_extract_fn(model):
@@ -70,9 +71,22 @@ def extract_folder(model, images_dir: str, *, batch_size: int = 32, image_size: 
     fn = make_extract_fn(model)
     grid = image_size // patch
     cls, patches, regs, ims = [], [], [], []
+    kept, skipped = [], []
     for start in tqdm(range(0, len(files), batch_size), desc="extract", disable=not progress):
-        names = files[start : start + batch_size]
-        batch = np.stack([load_image(os.path.join(images_dir, f), image_size) for f in names])
+        names, loaded = [], []
+        for f in files[start : start + batch_size]:
+            try:
+                loaded.append(load_image(os.path.join(images_dir, f), image_size))
+            except Exception as e:  # noqa: BLE001 - any decode failure: skip the file, count it, go on
+                skipped.append(f)
+                logger.warning("skipping unreadable image %s (%s: %s); %d skipped so far", f, type(e).__name__, e,
+                               len(skipped))
+                continue
+            names.append(f)
+        if not names:
+            continue
+        kept.extend(names)
+        batch = np.stack(loaded)
         n = len(names)
         if n < batch_size:  # pad: one compiled shape for every batch
             batch = np.concatenate([batch, np.zeros((batch_size - n,) + batch.shape[1:], batch.dtype)])
@@ -84,7 +98,15 @@ def extract_folder(model, images_dir: str, *, batch_size: int = 32, image_size: 
             patches.append(p.reshape(n, grid, grid, -1))
         if sum(len(i) for i in ims) < keep_images:
             ims.append(batch[:n])
-    result = {"cls": np.concatenate(cls), "files": np.asarray(files)}
+    if not kept:
+        raise ValueError(f"none of the {len(files)} images under {images_dir!r} could be decoded "
+                         f"(see the warnings above)")
+    if skipped:
+        logger.warning("%d of %d images could not be decoded and were skipped (listed in skipped_files)",
+                       len(skipped), len(files))
+    result = {"cls": np.concatenate(cls), "files": np.asarray(kept)}
+    if skipped:
+        result["skipped_files"] = np.asarray(skipped)
     if model.num_register_tokens:
         result["register_tokens"] = np.concatenate(regs)
     if keep_patch_tokens:

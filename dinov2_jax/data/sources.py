@@ -49,12 +49,22 @@ class SkippedCounter:
                        ref, self.what, type(err).__name__, err, self.count)
 
 
+# PIL modes of 16-bit (and 32-bit integer) grayscale images, e.g. 16-bit PNGs
+_WIDE_GRAY_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
 def decode_image(data) -> Image.Image:
-    """bytes / file path / file object -> PIL RGB image (fully decoded, so truncation raises here)."""
+    """bytes / file path / file object -> PIL RGB image (fully decoded, so truncation raises here).
+    16-bit grayscale is scaled to 8 bits (value / 257, rounded: 65535 -> 255); PIL's own conversion
+    clips it at 255, which makes such images almost white."""
     if isinstance(data, (bytes, bytearray, memoryview)):
         data = io.BytesIO(bytes(data))
     with Image.open(data) as img:
         img.load()
+        if img.mode in _WIDE_GRAY_MODES:
+            wide = np.asarray(img).astype(np.float64)
+            gray = np.clip(np.round(wide / 257.0), 0, 255).astype(np.uint8)
+            return Image.fromarray(gray, "L").convert("RGB")
         return img.convert("RGB")
 
 
@@ -62,10 +72,24 @@ def _is_image(name: str) -> bool:
     return name.lower().endswith(IMAGE_EXTENSIONS)
 
 
-def _walk_images(root: str) -> list[str]:
+def _walk_images(root: str, visited: set[str] | None = None) -> list[str]:
+    """Image files under `root`, following symlinked directories but entering each real directory once:
+    a symlink back to an ancestor (a loop) or to a directory already walked (e.g. another class folder,
+    listed in `visited`) is skipped with a warning, so every file is listed once."""
+    visited = set() if visited is None else visited
     out = []
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        dirnames.sort()
+        visited.add(os.path.realpath(dirpath))
+        keep = []
+        for d in sorted(dirnames):
+            real = os.path.realpath(os.path.join(dirpath, d))
+            if real in visited:
+                logger.warning("%s: skipping %s, a link to %s which is already listed (symlink loop?)",
+                               root, os.path.join(dirpath, d), real)
+                continue
+            visited.add(real)
+            keep.append(d)
+        dirnames[:] = keep
         out.extend(os.path.join(dirpath, f) for f in sorted(filenames) if _is_image(f))
     return out
 
@@ -81,8 +105,18 @@ class FolderSource:
         self.root = root
         subdirs = sorted(e.name for e in os.scandir(root) if e.is_dir())
         classes, files, labels = [], [], []
+        # the root and every class folder count as walked from the start: a link inside a class back to
+        # the root or into another class must not list those images again (under the wrong label)
+        visited = {os.path.realpath(root)} | {os.path.realpath(os.path.join(root, d)) for d in subdirs}
+        class_reals = set()
         for d in subdirs:
-            imgs = _walk_images(os.path.join(root, d))
+            real = os.path.realpath(os.path.join(root, d))
+            if real in class_reals:
+                logger.warning("%s: class folder %s is a link to a class folder already listed; skipped", root, d)
+                continue
+            class_reals.add(real)
+            visited.discard(real)  # lets the walk enter this class folder itself
+            imgs = _walk_images(os.path.join(root, d), visited)
             if imgs:
                 files.extend(imgs)
                 labels.extend([len(classes)] * len(imgs))
