@@ -23,6 +23,7 @@ class LabelledImages:
 
     def __init__(self, source, max_samples: int | None = None):
         self.source = source
+        self.label_map = None  # [num source classes] -> label reported here (set by align_class_names)
         total = len(source)
         if total == 0:
             raise ValueError(f"dataset {source!r} is empty")
@@ -44,7 +45,15 @@ class LabelledImages:
     def __getitem__(self, i):
         if not 0 <= i < len(self):
             raise IndexError(i)
-        return self.source[int(self.indices[i])]
+        rec = self.source[int(self.indices[i])]
+        if rec is None or self.label_map is None:
+            return rec
+        image, label = _unpack(rec)
+        return image, self._map(label)
+
+    def _map(self, label):
+        label = int(label)
+        return label if self.label_map is None or label < 0 else int(self.label_map[label])
 
     def record(self, i):
         rec = self[i]
@@ -59,7 +68,7 @@ class LabelledImages:
         if self._labels is None:
             listed = getattr(self.source, "labels", None)
             if listed is not None and not callable(listed):
-                labs = np.asarray(listed, np.int64)[self.indices]
+                labs = np.asarray([self._map(x) for x in np.asarray(listed, np.int64)[self.indices]], np.int64)
                 for lab in labs:
                     _check_label(lab, self.source)
             else:
@@ -95,6 +104,47 @@ def load_labelled_source(source, *, max_samples: int | None = None) -> LabelledI
 
         source = make_source(source)
     return LabelledImages(source, max_samples=max_samples)
+
+
+def align_class_names(train: LabelledImages, val: LabelledImages) -> None:
+    """Make val labels mean the train classes, matched by class NAME (folder names), not by position.
+
+    A val folder holding a subset of the train classes gets its labels renumbered to the train indices
+    (sets `val.label_map`). Val classes absent from train -> ValueError naming them (they could never be
+    predicted). Sources without class names (e.g. tfds) keep their integer labels.
+    """
+    tc, vc = train.classes, val.classes
+    if tc is None or vc is None or list(tc) == list(vc):
+        return
+    position = {name: i for i, name in enumerate(tc)}
+    missing = [name for name in vc if name not in position]
+    if len(missing) == len(vc):
+        raise ValueError(f"train and val share no class name: train has {_names(tc)}, val has {_names(vc)}; "
+                         "the val folder must use the train folder's class sub-folder names")
+    if missing:
+        raise ValueError(f"val classes {_names(missing)} do not exist in the train set (train classes: "
+                         f"{_names(tc)}); remove them from the val set or add them to train")
+    val.label_map = np.asarray([position[name] for name in vc], np.int64)
+
+
+def _names(names, limit: int = 8) -> str:
+    names = list(names)
+    shown = ", ".join(repr(n) for n in names[:limit])
+    return f"[{shown}{', ...' if len(names) > limit else ''}] ({len(names)})"
+
+
+def load_train_val(train_source, val_source, *, max_samples: int | None = None):
+    """Open and check both labelled sets BEFORE any feature is extracted: each must exist and be
+    non-empty, and val classes are matched to train classes by name (`align_class_names`).
+    Returns (train, val) LabelledImages."""
+    sets = []
+    for what, spec in (("train", train_source), ("val", val_source)):
+        try:
+            sets.append(load_labelled_source(spec, max_samples=max_samples))
+        except (ValueError, FileNotFoundError) as e:
+            raise type(e)(f"{what} dataset {spec!r}: {e}") from e
+    align_class_names(*sets)
+    return sets[0], sets[1]
 
 
 def make_feature_fn(model_or_fn, kind: str = "cls") -> Callable:

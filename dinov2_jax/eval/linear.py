@@ -1,4 +1,4 @@
-"""Linear probe on frozen features (official DINOv2 `eval/linear.py`, spec section 7.2).
+"""Linear probe on frozen features (official DINOv2 `eval/linear.py`).
 
 Features: `get_intermediate_layers(x, n=4, return_class_token=True, norm=True)`; a head's input is the
 concatenated cls tokens of the last n blocks (n in {1, 4}), plus the mean of the **last** block's patch
@@ -294,8 +294,10 @@ def linear_eval(
     Returns {"best_classifier": {"name", "accuracy" (fraction)}, "val_accuracy": percent,
     "heads": {name: fraction}, "max_iter": int, "augment": bool}.
     """
-    from dinov2_jax.eval.features import extract_features, load_labelled_source, make_augmented_batch_fn
+    from dinov2_jax.eval.features import extract_features, load_train_val, make_augmented_batch_fn
 
+    # both sets exist, are non-empty and share class names before any backbone forward
+    train_src, val_src = load_train_val(train_source, val_source, max_samples=max_samples)
     n_list = tuple(n for n in N_LAST_BLOCKS_LIST if n <= model.n_blocks)
     if n_list != N_LAST_BLOCKS_LIST:
         logger.warning("backbone has only %d blocks: heads use n_last_blocks in %s (official %s)",
@@ -305,9 +307,8 @@ def linear_eval(
     if max_iter < 1:
         raise ValueError(f"number of iterations must be >= 1, got {max_iter}")
     common = dict(batch_size=batch_size, image_size=image_size, resize_size=resize_size,
-                  max_samples=max_samples, num_workers=num_workers, progress=progress)
+                  num_workers=num_workers, progress=progress)
     if augment:
-        train_src = load_labelled_source(train_source, max_samples=max_samples)
         labels_all = train_src.labels()
         batch_fn = make_augmented_batch_fn(feat_fn, train_src, batch_size=batch_size, crop_size=image_size,
                                            seed=seed)
@@ -318,13 +319,13 @@ def linear_eval(
                                          batch_fn=batch_fn, embed_dim=embed_dim, progress=progress,
                                          n_last_blocks_list=n_list)
     else:
-        train_feats, train_labels = extract_features(feat_fn, train_source, desc="linear train features", **common)
+        train_feats, train_labels = extract_features(feat_fn, train_src, desc="linear train features", **common)
         num_classes = int(np.max(train_labels)) + 1
         params, lrs = train_linear_heads(train_feats, train_labels, num_classes=num_classes,
                                          batch_size=batch_size, max_iter=max_iter,
                                          learning_rates=learning_rates, seed=seed, progress=progress,
                                          n_last_blocks_list=n_list)
-    val_feats, val_labels = extract_features(feat_fn, val_source, desc="linear val features", **common)
+    val_feats, val_labels = extract_features(feat_fn, val_src, desc="linear val features", **common)
     accs = evaluate_heads(params, val_feats, val_labels, lrs, n_last_blocks_list=n_list)
     best = select_best(accs)
     return {"best_classifier": best, "val_accuracy": 100.0 * best["accuracy"], "heads": accs,
@@ -351,12 +352,14 @@ def main(argv=None) -> int:
     args = get_args_parser().parse_args(argv)
     from dinov2_jax.data.augmentations import eval_resize_size
 
+    from dinov2_jax.eval.features import load_train_val
+
+    train_src, val_src = load_train_val(args.train_dataset, args.val_dataset, max_samples=args.max_samples)
     model = load_cli_model(args)
-    res = linear_eval(model, args.train_dataset, args.val_dataset, batch_size=args.batch_size,
+    res = linear_eval(model, train_src, val_src, batch_size=args.batch_size,
                       epochs=args.epochs, epoch_length=args.epoch_length, iterations=args.iterations,
                       learning_rates=args.learning_rates, augment=args.augment, image_size=args.image_size,
-                      resize_size=eval_resize_size(args.image_size), max_samples=args.max_samples,
-                      num_workers=args.num_workers, seed=args.seed)
+                      resize_size=eval_resize_size(args.image_size), num_workers=args.num_workers, seed=args.seed)
     logger.info("best classifier: %s", res["best_classifier"])
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
     with open(args.output, "a") as f:
