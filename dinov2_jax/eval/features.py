@@ -114,7 +114,7 @@ def align_class_names(train: LabelledImages, val: LabelledImages) -> None:
     predicted). Sources without class names (e.g. tfds) keep their integer labels.
     """
     tc, vc = train.classes, val.classes
-    if tc is None or vc is None or list(tc) == list(vc):
+    if not tc or not vc or list(tc) == list(vc):  # no names (tfds, unlabelled flat folder): labels as they are
         return
     position = {name: i for i, name in enumerate(tc)}
     missing = [name for name in vc if name not in position]

@@ -76,3 +76,19 @@ def test_missing_or_empty_sets_fail_before_extraction(tmp_path):
         with pytest.raises(FileNotFoundError, match="train dataset"):
             cli(["--arch", "dinov2_vits14", "--allow-random-init", "--train-dataset", "folder:/nonexistent/train",
                  "--val-dataset", train])
+
+
+def test_flat_val_folder_with_label_file_scores_100(tmp_path):
+    """ImageNet-style val: flat images + LOC_val_solution.csv naming the class folders of train."""
+    train = make_folder(str(tmp_path / "train"), ["apple", "banana", "cherry", "grape"])
+    val = tmp_path / "val"
+    rows = []
+    for i, name in enumerate(["grape", "banana", "grape"]):
+        make_folder(str(tmp_path / "tmp"), [name], per_class=1)
+        os.makedirs(val, exist_ok=True)
+        os.replace(tmp_path / "tmp" / name / "0.png", val / f"img_{i}.png")
+        rows.append(f"img_{i},{name} 0 0 5 5")
+    (tmp_path / "LOC_val_solution.csv").write_text("ImageId,PredictionString\n" + "\n".join(rows) + "\n")
+    res = knn.knn_eval(mean_colour, train, f"folder:{val}", nb_knn=[1], image_size=16, resize_size=16,
+                       progress=False)
+    assert res["('full', 1) Top 1"] == 100.0
