@@ -27,6 +27,6 @@ setup(
     extras_require={
         # torch only for weight conversion and parity tests; pinned to the CPU wheel our machines carry.
         "torch": ["torch==2.13.0"],
-        "test": ["torch==2.13.0", "timm==1.0.31", "pytest", "pytest-xdist"],
+        "test": ["torch==2.13.0", "timm==1.0.31", "pytest", "pytest-xdist", "scikit-learn"],
     },
 )

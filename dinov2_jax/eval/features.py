@@ -169,38 +169,63 @@ def make_feature_fn(model_or_fn, kind: str = "cls") -> Callable:
 
 def extract_features(fn: Callable, source, *, batch_size: int = 256, image_size: int = 224,
                      resize_size: int = 256, max_samples: int | None = None, num_workers: int = 0,
-                     progress: bool = True, desc: str = "features"):
+                     progress: bool = True, desc: str = "features", distributed: bool = False):
     """Run `fn` (images -> array or pytree of [B, ...] arrays) over a labelled source with the eval
     transform. Returns (features: same pytree of float32 numpy [N, ...], labels [N] int64), N = readable
     images, in dataset order.
 
     Decoding uses `dinov2_jax.data.pipeline.make_eval_loader` (Grain; `num_workers` > 0 decodes in worker
-    processes). Every process extracts the whole dataset (k-NN needs all train features everywhere);
-    batches have one fixed size, padding rows and unreadable images are dropped after the forward.
+    processes). By default this process extracts the whole dataset. With `distributed=True` in a
+    multi-process job (every process must call it), process p reads and runs only samples p, p + P, ...,
+    and the features of all processes are gathered once at the end, so every process returns the
+    whole, dataset-ordered result. Batches have one fixed size; padding rows and unreadable images are
+    dropped. The throughput (images/s) is shown on the progress bar and logged.
     """
+    import logging
+    import time
+
     from tqdm.auto import tqdm
 
     from dinov2_jax.data.pipeline import make_eval_loader
 
     src = load_labelled_source(source, max_samples=max_samples)
-    bs = min(batch_size, len(src))
-    loader = make_eval_loader(src, bs, resize_size=resize_size, crop_size=image_size, process_index=0,
-                              process_count=1, num_workers=num_workers)
-    chunks, labels = [], []
-    for ims, labs, valid in tqdm(loader, total=len(loader), desc=desc, disable=not progress):
+    pi, pc = (jax.process_index(), jax.process_count()) if distributed else (0, 1)
+    bs = min(batch_size, -(-len(src) // pc))
+    loader = make_eval_loader(src, bs, resize_size=resize_size, crop_size=image_size, process_index=pi,
+                              process_count=pc, num_workers=num_workers)
+    chunks, labels, valids = [], [], []
+    t0, done = time.time(), 0
+    bar = tqdm(loader, total=len(loader), desc=desc, disable=not progress)
+    for ims, labs, valid in bar:
         valid = np.asarray(valid, bool)
-        if not valid.any():
-            continue
-        labs = np.asarray(labs, np.int64)[valid]
-        for lab in labs:
+        labs = np.asarray(labs, np.int64)
+        for lab in labs[valid]:
             _check_label(lab, src.source)
         out = jax.device_get(fn(np.asarray(ims, np.float32)))
-        chunks.append(jax.tree.map(lambda a: np.asarray(a, np.float32)[valid], out))
+        chunks.append(jax.tree.map(lambda a: np.asarray(a, np.float32), out))  # all rows: same shape everywhere
         labels.append(labs)
-    if not chunks:
-        raise ValueError(f"no readable image in dataset {source!r}")
+        valids.append(valid)
+        done += int(valid.sum())
+        bar.set_postfix(images_per_s=f"{done * pc / max(time.time() - t0, 1e-9):.1f}")
     feats = jax.tree.map(lambda *a: np.concatenate(a), *chunks)
-    return feats, np.concatenate(labels)
+    labels, valids = np.concatenate(labels), np.concatenate(valids)
+    # row j of process p is sample p + P * j of the source (EvalLoader order); beyond the source: padding
+    index = pi + pc * np.arange(len(labels))
+    if pc > 1:
+        from jax.experimental import multihost_utils
+
+        feats, labels, valids, index = multihost_utils.process_allgather((feats, labels, valids, index))
+        flat = lambda a: np.asarray(a).reshape((-1,) + np.asarray(a).shape[2:])  # noqa: E731  [P, R, ...] -> [P*R, ...]
+        feats, labels, valids, index = jax.tree.map(flat, feats), flat(labels), flat(valids), flat(index)
+    keep = np.flatnonzero(valids)
+    keep = keep[np.argsort(index[keep], kind="stable")]  # dataset order
+    if len(keep) == 0:
+        raise ValueError(f"no readable image in dataset {source!r}")
+    seconds = time.time() - t0
+    logging.getLogger("dinov2_jax.eval.features").info(
+        "%s: %d images in %.1f s (%.1f images/s, %d process(es))", desc, len(keep), seconds,
+        len(keep) / max(seconds, 1e-9), pc)
+    return jax.tree.map(lambda a: a[keep], feats), labels[keep]
 
 
 def classification_train_transform(image, rng: np.random.Generator, crop_size: int = 224,
