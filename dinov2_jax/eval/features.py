@@ -286,6 +286,20 @@ def add_eval_cli_args(p, *, default_batch_size: int, batch_help: str | None = No
     p.add_argument("--max-samples", type=int, default=None,
                    help="evaluate on an evenly spaced subset of this many images per split")
     p.add_argument("--num-workers", type=int, default=0, help="image decoding worker processes")
+    p.add_argument("--distributed", action="store_true",
+                   help="join a multi-process job (launch/local_multiprocess.py, SLURM, TPU pod: see README "
+                        "Multi-host launch): each process reads its share of the images, features are "
+                        "gathered once, process 0 writes the results")
+
+
+def init_cli_distributed(args) -> bool:
+    """`--distributed`: join the multi-process job (before any device use). True on the process that
+    writes the results (process 0, or the only one)."""
+    if getattr(args, "distributed", False):
+        from dinov2_jax.parallel.distributed import initialize_from_env
+
+        initialize_from_env()
+    return jax.process_index() == 0
 
 
 def load_cli_model(args):

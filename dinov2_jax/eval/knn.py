@@ -281,6 +281,7 @@ def knn_eval(
     max_samples: int | None = None,
     num_workers: int = 0,
     progress: bool = True,
+    distributed: bool = False,
 ) -> dict[str, float]:
     """k-NN accuracy of a backbone on two labelled sources (what the trainer calls periodically).
 
@@ -298,7 +299,7 @@ def knn_eval(
     train_src, val_src = load_train_val(train_source, val_source, max_samples=max_samples)
     fn = make_feature_fn(model_fn, kind="cls")
     common = dict(batch_size=batch_size, image_size=image_size, resize_size=resize_size,
-                  num_workers=num_workers, progress=progress)
+                  num_workers=num_workers, progress=progress, distributed=distributed)
     train_feats, train_labels = extract_features(fn, train_src, desc="k-NN train features", **common)
     val_feats, val_labels = extract_features(fn, val_src, desc="k-NN val features", **common)
     return knn_classify(train_feats, train_labels, val_feats, val_labels, nb_knn=nb_knn, temperature=temperature,
@@ -331,15 +332,18 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     args = get_args_parser().parse_args(argv)
     from dinov2_jax.data.augmentations import eval_resize_size
-    from dinov2_jax.eval.features import load_train_val
+    from dinov2_jax.eval.features import init_cli_distributed, load_train_val
 
+    writer = init_cli_distributed(args)
     train_src, val_src = load_train_val(args.train_dataset, args.val_dataset, max_samples=args.max_samples)
     model = load_cli_model(args)
     temperature = args.temperature[0] if len(args.temperature) == 1 else args.temperature
     results = knn_eval(model, train_src, val_src, batch_size=args.batch_size, nb_knn=args.nb_knn,
                        temperature=temperature, n_per_class_list=args.n_per_class_list, n_tries=args.n_tries,
                        image_size=args.image_size, resize_size=eval_resize_size(args.image_size),
-                       num_workers=args.num_workers)
+                       num_workers=args.num_workers, distributed=args.distributed)
+    if not writer:
+        return 0
     for key, value in results.items():
         logger.info("%s: %.2f", key, value)
     write_results(args.output, results)

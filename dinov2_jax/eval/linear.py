@@ -331,6 +331,7 @@ def linear_eval(
     test_sources: Sequence = (),
     output_dir: str | None = None,
     checkpoint_every: int = 1250,
+    distributed: bool = False,
 ) -> dict:
     """Linear probe of an NNX backbone on two labelled sources (spec strings or sources).
 
@@ -358,7 +359,10 @@ def linear_eval(
     if max_iter < 1:
         raise ValueError(f"number of iterations must be >= 1, got {max_iter}")
     common = dict(batch_size=batch_size, image_size=image_size, resize_size=resize_size,
-                  num_workers=num_workers, progress=progress)
+                  num_workers=num_workers, progress=progress, distributed=distributed)
+    if distributed and jax.process_index() != 0:  # every process trains the same heads; one writes files
+        output_dir = None
+        resume = dict(checkpoint_path=None, checkpoint_every=checkpoint_every)
     if augment:
         labels_all = train_src.labels()
         batch_fn = make_augmented_batch_fn(feat_fn, train_src, batch_size=batch_size, crop_size=image_size,
@@ -462,8 +466,9 @@ def main(argv=None) -> int:
     args = get_args_parser().parse_args(argv)
     from dinov2_jax.data.augmentations import eval_resize_size
 
-    from dinov2_jax.eval.features import load_train_val
+    from dinov2_jax.eval.features import init_cli_distributed, load_train_val
 
+    writer = init_cli_distributed(args)
     train_src, val_src = load_train_val(args.train_dataset, args.val_dataset, max_samples=args.max_samples)
     tests = [load_train_val(train_src, t, max_samples=args.max_samples)[1] for t in args.test_datasets]
     model = load_cli_model(args)
@@ -471,7 +476,10 @@ def main(argv=None) -> int:
                       epochs=args.epochs, epoch_length=args.epoch_length, iterations=args.iterations,
                       learning_rates=args.learning_rates, augment=args.augment, image_size=args.image_size,
                       resize_size=eval_resize_size(args.image_size), num_workers=args.num_workers, seed=args.seed,
-                      test_sources=tests, output_dir=args.output_dir, checkpoint_every=args.checkpoint_every)
+                      test_sources=tests, output_dir=args.output_dir, checkpoint_every=args.checkpoint_every,
+                      distributed=args.distributed)
+    if not writer:
+        return 0
     res["test_accuracy"] = dict(zip(args.test_datasets, res["test_accuracy"].values()))
     logger.info("best classifier: %s", res["best_classifier"])
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)

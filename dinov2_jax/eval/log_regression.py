@@ -177,7 +177,7 @@ def log_regression(train_features, train_labels, val_features, val_labels, *, fi
 def log_regression_eval(model_fn, train_source, val_source, *, finetune_source=None, finetune_on_val=False,
                         batch_size: int = 256, image_size: int = 224, resize_size: int = 224,
                         max_samples: int | None = None, num_workers: int = 0, progress: bool = True,
-                        **kwargs) -> dict:
+                        distributed: bool = False, **kwargs) -> dict:
     """Log regression of a backbone (NNX module or callable images -> [B, D]) on labelled sources.
     The official transform here is resize 224 (not 256) + center crop 224."""
     from dinov2_jax.eval.features import extract_features, load_train_val, make_feature_fn
@@ -188,7 +188,7 @@ def log_regression_eval(model_fn, train_source, val_source, *, finetune_source=N
         _, ft_src = load_train_val(train_src, finetune_source, max_samples=max_samples)
     fn = make_feature_fn(model_fn, kind="cls")
     common = dict(batch_size=batch_size, image_size=image_size, resize_size=resize_size,
-                  num_workers=num_workers, progress=progress)
+                  num_workers=num_workers, progress=progress, distributed=distributed)
     xtr, ytr = extract_features(fn, train_src, desc="log-reg train features", **common)
     xva, yva = extract_features(fn, val_src, desc="log-reg val features", **common)
     xft = yft = None
@@ -217,15 +217,18 @@ def get_args_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     args = get_args_parser().parse_args(argv)
-    from dinov2_jax.eval.features import load_cli_model, load_train_val
+    from dinov2_jax.eval.features import init_cli_distributed, load_cli_model, load_train_val
 
+    writer = init_cli_distributed(args)
     train_src, val_src = load_train_val(args.train_dataset, args.val_dataset, max_samples=args.max_samples)
     model = load_cli_model(args)
     res = log_regression_eval(model, train_src, val_src, finetune_source=args.finetune_dataset,
                               finetune_on_val=args.finetune_on_val, batch_size=args.batch_size,
                               image_size=args.image_size, resize_size=args.image_size,
                               num_workers=args.num_workers, max_iter=args.max_iter, tol=args.tol,
-                              dtype=args.train_dtype)
+                              dtype=args.train_dtype, distributed=args.distributed)
+    if not writer:
+        return 0
     out = {"top-1": res["top-1"], "top-5": res["top-5"], "best_C": res["best_C"]}
     logger.info("Top-1 test accuracy: %.1f, Top-5 test accuracy: %.1f, obtained for C = %.6f",
                 out["top-1"], out["top-5"], out["best_C"])

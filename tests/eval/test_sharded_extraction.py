@@ -54,3 +54,25 @@ def test_single_process_distributed_flag_is_a_no_op():
     np.testing.assert_array_equal(tr, tr2)
     np.testing.assert_array_equal(ytr, ytr2)
     assert res == res2 and len(ytr) == 61
+
+
+@pytest.mark.heavy  # two processes + one, each running ViT-S/14 (random init, 28 px) on 80 demo images
+def test_knn_cli_distributed_writes_once_and_matches_one_process(tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    args = ["-m", "dinov2_jax.eval.knn", "--arch", "dinov2_vits14", "--allow-random-init", "--image-size", "28",
+            "--train-dataset", "demo:train", "--val-dataset", "demo:val", "--max-samples", "40", "--nb-knn", "5",
+            "--batch-size", "16"]
+    two, one = tmp_path / "two.json", tmp_path / "one.json"
+    r = subprocess.run([sys.executable, str(ROOT / "launch" / "local_multiprocess.py"), "-n", "2", "--timeout", "500",
+                        "--", *args, "--distributed", "--output", str(two)],
+                       capture_output=True, text=True, timeout=600, cwd=ROOT, env=env)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    r = subprocess.run([sys.executable, *args, "--output", str(one)], capture_output=True, text=True, timeout=600,
+                       cwd=ROOT, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    lines2, lines1 = two.read_text().splitlines(), one.read_text().splitlines()
+    assert len(lines2) == len(lines1) == 2  # written once (process 0), top-1 and top-5 lines
+    for a, b in zip(lines2, lines1):
+        (ka, va), = json.loads(a).items()
+        (kb, vb), = json.loads(b).items()
+        assert ka == kb and va == pytest.approx(vb, abs=1e-9)
