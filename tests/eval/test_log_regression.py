@@ -39,7 +39,7 @@ def test_fit_matches_sklearn_optimum(C):
     assert objective(x, y, m64.W, m64.b, C) == pytest.approx(f_sk, rel=1e-7)  # both stop within ~1e-9
     # weakly regularised (C = 100): flat directions, both solvers stop ~1e-3 apart in W at equal objective
     np.testing.assert_allclose(m64.W, sk.coef_.T, atol=2e-3 * max(1.0, np.abs(sk.coef_).max()))
-    m32, it = lr.fit_logreg(x, y, 6, C)  # default float32: same optimum to float32 precision
+    m32, it = lr.fit_logreg(x, y, 6, C, dtype="float32")  # same optimum to float32 precision
     assert m32.W.dtype == np.float32 and 1 < it <= 1000
     assert objective(x, y, m32.W.astype(np.float64), m32.b, C) == pytest.approx(f_sk, rel=1e-4)
     pred_sk = sk.predict(x)
