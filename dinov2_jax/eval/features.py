@@ -7,6 +7,7 @@ the padding dropped) so the jitted backbone compiles once.
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable
 
 import jax
@@ -242,31 +243,62 @@ def classification_train_transform(image, rng: np.random.Generator, crop_size: i
     return aug.normalize(img)
 
 
-def make_augmented_batch_fn(feat_fn: Callable, src: LabelledImages, *, batch_size: int, crop_size: int = 224,
-                            seed: int = 0) -> Callable:
-    """`it -> (features of a freshly augmented batch, labels [B])`: reshuffled passes over the source
-    (full batches only, as the official infinite sampler with drop_last), augmentation RNG seeded by
-    (seed, iteration) so a run is reproducible."""
-    readable = np.flatnonzero(src.labels() >= 0)
-    n = len(readable)
-    if n < batch_size:
-        raise ValueError(f"train set has {n} readable samples < batch size {batch_size}; lower --batch-size")
-    per_pass = n // batch_size
+@dataclasses.dataclass(frozen=True)
+class AugmentedBatch:
+    """`it -> (images [B, crop, crop, 3] float32, labels [B])`: batch `it` of the augmented train stream.
+    Picklable, so Grain worker processes run it (decode + RandomResizedCrop + flip + normalise)."""
+    src: LabelledImages
+    readable: np.ndarray  # indices of the readable samples
+    batch_size: int
+    crop_size: int
+    seed: int
 
-    def batch_fn(it: int):
-        order = readable[np.random.default_rng([seed, it // per_pass]).permutation(n)]
-        pos = (it % per_pass) * batch_size
-        rng = np.random.default_rng([seed, 1_000_003, it])
+    def __call__(self, it: int):
+        n, bs = len(self.readable), self.batch_size
+        per_pass = n // bs  # full batches only, as the official infinite sampler with drop_last
+        order = self.readable[np.random.default_rng([self.seed, it // per_pass]).permutation(n)]
+        pos = (it % per_pass) * bs
+        rng = np.random.default_rng([self.seed, 1_000_003, it])
         ims, labs = [], []
         for j in range(n):  # normally exactly batch_size steps; more only past unreadable files
-            rec = src.record(int(order[(pos + j) % n]))
+            rec = self.src.record(int(order[(pos + j) % n]))
             if rec is None:  # undecodable file (folder labels are listed without decoding): take the next
                 continue
-            ims.append(classification_train_transform(rec[0], rng, crop_size))
+            ims.append(classification_train_transform(rec[0], rng, self.crop_size))
             labs.append(rec[1])
-            if len(ims) == batch_size:
-                return feat_fn(np.stack(ims)), np.asarray(labs, np.int64)
-        raise ValueError(f"fewer than {batch_size} readable images in the train set")
+            if len(ims) == bs:
+                return np.stack(ims), np.asarray(labs, np.int64)
+        raise ValueError(f"fewer than {bs} readable images in the train set")
+
+
+def make_augmented_batch_fn(feat_fn: Callable, src: LabelledImages, *, batch_size: int, crop_size: int = 224,
+                            seed: int = 0, num_workers: int = 0) -> Callable:
+    """`it -> (features of a freshly augmented batch, labels [B])`: reshuffled passes over the source
+    (full batches only, as the official infinite sampler with drop_last), augmentation RNG seeded by
+    (seed, iteration) so a run is reproducible and resumable. Batches are made by `AugmentedBatch` in
+    `num_workers` Grain worker processes (0: in this process), prefetched in order; asking for another
+    iteration than the next one restarts the stream there."""
+    import grain
+
+    from dinov2_jax.data.pipeline import ensure_absl_flags_parsed
+
+    readable = np.flatnonzero(src.labels() >= 0)
+    if len(readable) < batch_size:
+        raise ValueError(f"train set has {len(readable)} readable samples < batch size {batch_size}; "
+                         "lower --batch-size")
+    load = AugmentedBatch(src, readable, batch_size, crop_size, seed)
+    stream = {"next": None, "it": None}
+
+    def batch_fn(it: int):
+        if stream["next"] != it:
+            ds = grain.MapDataset.range(it, 2**40).map(load).to_iter_dataset()
+            if num_workers > 0:
+                ensure_absl_flags_parsed()
+                ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
+            stream["it"] = iter(ds)
+        images, labels = next(stream["it"])
+        stream["next"] = it + 1
+        return feat_fn(images), labels
 
     return batch_fn
 

@@ -12,7 +12,8 @@ Two training modes:
     run per iteration), and the only practical mode on CPU. It is NOT the official protocol, which
     trains on random-resized-crop + flip views; expect slightly different (usually lower) accuracy.
   * `augment=True` (`--augment`): the official protocol: each iteration draws a batch, applies
-    RandomResizedCrop(224, scale (0.08, 1), bicubic) + horizontal flip (p 0.5) and runs the backbone.
+    RandomResizedCrop(224, scale (0.08, 1), bicubic) + horizontal flip (p 0.5) and runs the backbone;
+    the batches are decoded and augmented by `--num-workers` Grain worker processes, prefetched.
 
 CLI:
   python -m dinov2_jax.eval.linear --weights W --train-dataset SPEC --val-dataset SPEC \
@@ -366,7 +367,7 @@ def linear_eval(
     if augment:
         labels_all = train_src.labels()
         batch_fn = make_augmented_batch_fn(feat_fn, train_src, batch_size=batch_size, crop_size=image_size,
-                                           seed=seed)
+                                           seed=seed, num_workers=num_workers)
         embed_dim = int(model.embed_dim)
         num_classes = int(labels_all.max()) + 1
         params, lrs = train_linear_heads(None, None, num_classes=num_classes, batch_size=batch_size,

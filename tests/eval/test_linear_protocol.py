@@ -80,3 +80,20 @@ def test_best_head_saved_reloaded_and_test_datasets(tmp_path):
     other = DinoVisionTransformer(img_size=28, patch_size=14, embed_dim=48, depth=2, num_heads=2, rngs=nnx.Rngs(1))
     with pytest.raises(ValueError, match="head expects"):
         extract.classify_folder(other, res["head_path"], str(folder), batch_size=4, progress=False)
+
+
+def test_augmented_batches_from_grain_workers_equal_in_process():
+    """The official augmented protocol's batches (RandomResizedCrop + flip) made in 2 Grain worker
+    processes are the in-process ones, in order, and a restart at any iteration gives the same batch."""
+    from dinov2_jax.eval import features
+
+    src = features.load_labelled_source("demo:train", max_samples=24)
+    kw = dict(batch_size=4, crop_size=28, seed=3)
+    inproc = features.make_augmented_batch_fn(lambda x: x, src, **kw)
+    workers = features.make_augmented_batch_fn(lambda x: x, src, num_workers=2, **kw)
+    seq = [workers(it) for it in range(8)]  # 8 batches = more than one pass over 24 images
+    for it in (0, 5, 7, 2):  # random access restarts the stream
+        a, la = inproc(it)
+        np.testing.assert_array_equal(a, seq[it][0])
+        np.testing.assert_array_equal(la, seq[it][1])
+    assert a.shape == (4, 28, 28, 3) and not np.array_equal(seq[0][0], seq[6][0])
