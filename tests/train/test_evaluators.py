@@ -82,3 +82,18 @@ def test_due_uses_own_or_default_period():
                                "c": {"train_dataset": "demo", "type": "knn", "period": -1}})
     assert [ev.due(evs, it, 5) for it in (2, 4, 5, 14)] == [["b"], ["a"], ["b"], ["a", "b"]]
     assert evs["a"]["resize_size"] == 256 and evs["a"]["val_dataset"] == "demo"
+
+
+def test_linear_evaluator_runs_on_a_backbone():
+    from flax import nnx
+
+    from dinov2_jax.models.vision_transformer import DinoVisionTransformer
+
+    model = DinoVisionTransformer(img_size=28, patch_size=14, embed_dim=32, depth=2, num_heads=2, rngs=nnx.Rngs(0))
+    opts = ev.parse_evaluators({"probe": dict(type="linear", train_dataset="demo:train", val_dataset="demo:val",
+                                              image_size=28, resize_size=32, max_samples=40, batch_size=8,
+                                              iterations=5, learning_rates=(0.01, 0.1))})["probe"]
+    scalars, full = ev.run_evaluator(opts, model)
+    assert set(scalars) == {"top-1"} and 0 <= scalars["top-1"] <= 100
+    assert full["best_classifier"]["name"].startswith("classifier_1_blocks")
+    assert full["demo:val_accuracy"] == scalars["top-1"]
