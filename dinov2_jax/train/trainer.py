@@ -494,7 +494,7 @@ def run_periodic_eval(cfg, comp: Components, state, it: int, output_dir: str, lo
         logger.log_eval(name, it, scalars)
         logger.info(f"{name} ({opts['type']}) at iteration {it}{' (random init)' if it < 0 else ''} "
                     f"in {time.time() - t0:.1f}s: "
-                    + ", ".join(f"{k}={v:.2f}" for k, v in scalar_items(scalars) if "1" in k))
+                    + ", ".join(f"{k}={v:.2f}" for k, v in scalar_items(scalars) if k.endswith("Top 1") or k == "top-1"))
     first = evaluators[names[0]]
     if hasattr(model_fn, "forward_features"):
         path = save_teacher_pca(model_fn, first["val_dataset"], os.path.join(out_dir, "pca.png"),
