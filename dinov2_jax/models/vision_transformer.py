@@ -37,7 +37,8 @@ class DinoVisionTransformer(nnx.Module):
     `drop_path_rate`: per-block rates `linspace(0, rate, depth)` or uniform (`drop_path_uniform`);
     active only when a `key` is passed to the forward (batch-subset stochastic depth).
     `attn_impl`: "auto" | "xla" | "cudnn" | "pallas" (see layers/attention.py).
-    `dtype`: compute dtype of activations / matmuls (params stay float32; norms and softmax in float32).
+    `dtype`: compute dtype of the matmuls and their activations inside the blocks; parameters, the token
+    (residual) stream, norms and softmax stay float32 (as the official autocast run).
     `remat`: "none" | "full" | "dots" (rematerialise each block; "dots" saves matmul outputs).
     `scan_blocks`: run runs of identical blocks under one `lax.scan` (their params are stacked on the fly,
     so the parameter tree and checkpoints stay `blocks.{i}`). Same math; compile time no longer grows
@@ -107,12 +108,14 @@ class DinoVisionTransformer(nnx.Module):
                                      antialias=self.interpolate_antialias, offset=self.interpolate_offset)
 
     def prepare_tokens_with_masks(self, x: jax.Array, masks: jax.Array | None = None) -> jax.Array:
-        """[B, H, W, C] (+ masks [B, N] bool) -> tokens [B, 1+R+N, D] in the compute dtype."""
+        """[B, H, W, C] (+ masks [B, N] bool) -> tokens [B, 1+R+N, D] float32."""
         if x.ndim != 4:
             raise ValueError(f"Expected NHWC images [B, H, W, C], got shape {x.shape}.")
         b, h, w, _ = x.shape
         check_image_size(h, w, self.patch_size)
-        t = self.patch_embed(x)  # [B, N, D]
+        # The token (residual) stream is float32 whatever the compute dtype, as under the official
+        # autocast (its adds promote to float32): only the matmuls inside the blocks run in `dtype`.
+        t = self.patch_embed(x).astype(jnp.float32)  # [B, N, D]
         if masks is not None:
             if masks.shape != t.shape[:2]:
                 raise ValueError(f"masks must be [B, N] = {t.shape[:2]}, got {masks.shape}.")
@@ -131,13 +134,13 @@ class DinoVisionTransformer(nnx.Module):
     def _remat_policy(self):
         return jax.checkpoint_policies.checkpoint_dots if self.remat == "dots" else None
 
-    def _run_block(self, i: int, x: jax.Array, key: jax.Array | None) -> jax.Array:
+    def _run_block(self, i: int, x: jax.Array, key: jax.Array | None, groups: int = 1) -> jax.Array:
         blk = self.blocks[i]
         if self.remat == "none":
-            return blk(x, key)
-        return nnx.remat(lambda m, y, k: m(y, k), policy=self._remat_policy())(blk, x, key)
+            return blk(x, key, groups)
+        return nnx.remat(lambda m, y, k: m(y, k, groups), policy=self._remat_policy())(blk, x, key)
 
-    def _scan_run(self, start: int, stop: int, x: jax.Array, keys: jax.Array | None) -> jax.Array:
+    def _scan_run(self, start: int, stop: int, x: jax.Array, keys: jax.Array | None, groups: int = 1) -> jax.Array:
         """Blocks [start, stop) (identical static config) as one `lax.scan` over stacked params."""
         graphdef = nnx.graphdef(self.blocks[start])
         states = [nnx.state(self.blocks[i]) for i in range(start, stop)]
@@ -145,14 +148,15 @@ class DinoVisionTransformer(nnx.Module):
 
         def step(y, xs):
             state, k = xs
-            return nnx.merge(graphdef, state)(y, k), None
+            return nnx.merge(graphdef, state)(y, k, groups), None
 
         if self.remat != "none":
             step = jax.checkpoint(step, policy=self._remat_policy())
         x, _ = jax.lax.scan(step, x, (stacked, None if keys is None else keys[start:stop]))
         return x
 
-    def _run_blocks(self, x: jax.Array, start: int, stop: int, keys: jax.Array | None) -> jax.Array:
+    def _run_blocks(self, x: jax.Array, start: int, stop: int, keys: jax.Array | None,
+                    groups: int = 1) -> jax.Array:
         """Blocks [start, stop); `keys` None (deterministic) or `[depth]` stochastic-depth keys."""
         i = start
         while i < stop:
@@ -161,17 +165,21 @@ class DinoVisionTransformer(nnx.Module):
                 while j < stop and self.drop_path_rates[j] == self.drop_path_rates[i]:
                     j += 1
             if j - i > 1:
-                x = self._scan_run(i, j, x, keys)
+                x = self._scan_run(i, j, x, keys, groups)
             else:
-                x = self._run_block(i, x, None if keys is None else keys[i])
+                x = self._run_block(i, x, None if keys is None else keys[i], groups)
             i = j
         return x
 
-    def forward_features(self, x: jax.Array, masks: jax.Array | None = None, *, key: jax.Array | None = None):
+    def forward_features(self, x: jax.Array, masks: jax.Array | None = None, *, key: jax.Array | None = None,
+                         batch_groups: int = 1):
         """x [B, H, W, C] -> dict: x_norm_clstoken [B, D], x_norm_regtokens [B, R, D],
         x_norm_patchtokens [B, N, D], x_prenorm [B, 1+R+N, D], masks (as given).
 
         key None: deterministic. key given: stochastic depth with the per-block drop rates.
+        batch_groups: the batch is that many per-device batches of contiguous rows; stochastic-depth
+        subsets are drawn within each (official: per GPU), so a mesh that shards whole groups keeps the
+        work on the device (see layers/drop_path.py).
         A list of image batches (official `forward_features_list`, e.g. global and local crops) returns
         a list of dicts; `masks` is then a list (entries may be None) and each batch gets its own
         stochastic-depth subsets, as the official nested-tensor path.
@@ -181,9 +189,11 @@ class DinoVisionTransformer(nnx.Module):
             if len(masks) != len(x):
                 raise ValueError(f"{len(x)} image batches but {len(masks)} masks entries.")
             keys = [None] * len(x) if key is None else list(jax.random.split(key, len(x)))
-            return [self.forward_features(xi, mi, key=ki) for xi, mi, ki in zip(x, masks, keys)]
+            return [self.forward_features(xi, mi, key=ki, batch_groups=batch_groups)
+                    for xi, mi, ki in zip(x, masks, keys)]
         t = self.prepare_tokens_with_masks(x, masks)
-        t = self._run_blocks(t, 0, self.n_blocks, None if key is None else jax.random.split(key, self.n_blocks))
+        t = self._run_blocks(t, 0, self.n_blocks, None if key is None else jax.random.split(key, self.n_blocks),
+                             batch_groups)
         t_norm = self.norm(t)
         r = self.num_register_tokens
         return {
