@@ -176,7 +176,8 @@ def extract_features(fn: Callable, source, *, batch_size: int = 256, image_size:
     images, in dataset order.
 
     Decoding uses `dinov2_jax.data.pipeline.make_eval_loader` (Grain; `num_workers` > 0 decodes in worker
-    processes). By default this process extracts the whole dataset. With `distributed=True` in a
+    processes). Each batch is split over this process's local devices (data parallel). By default this
+    process extracts the whole dataset. With `distributed=True` in a
     multi-process job (every process must call it), process p reads and runs only samples p, p + P, ...,
     and the features of all processes are gathered once at the end, so every process returns the
     whole, dataset-ordered result. Batches have one fixed size; padding rows and unreadable images are
@@ -192,6 +193,14 @@ def extract_features(fn: Callable, source, *, batch_size: int = 256, image_size:
     src = load_labelled_source(source, max_samples=max_samples)
     pi, pc = (jax.process_index(), jax.process_count()) if distributed else (0, 1)
     bs = min(batch_size, -(-len(src) // pc))
+    put = lambda a: a  # noqa: E731
+    n_dev = jax.local_device_count()
+    if n_dev > 1:  # the batch is split over this process's devices (the backbone's params are replicated)
+        from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+        bs = -(-bs // n_dev) * n_dev
+        sharding = NamedSharding(Mesh(np.asarray(jax.local_devices()), ("data",)), PartitionSpec("data"))
+        put = lambda a: jax.device_put(a, sharding)  # noqa: E731
     loader = make_eval_loader(src, bs, resize_size=resize_size, crop_size=image_size, process_index=pi,
                               process_count=pc, num_workers=num_workers)
     chunks, labels, valids = [], [], []
@@ -202,7 +211,7 @@ def extract_features(fn: Callable, source, *, batch_size: int = 256, image_size:
         labs = np.asarray(labs, np.int64)
         for lab in labs[valid]:
             _check_label(lab, src.source)
-        out = jax.device_get(fn(np.asarray(ims, np.float32)))
+        out = jax.device_get(fn(put(np.asarray(ims, np.float32))))
         chunks.append(jax.tree.map(lambda a: np.asarray(a, np.float32), out))  # all rows: same shape everywhere
         labels.append(labs)
         valids.append(valid)

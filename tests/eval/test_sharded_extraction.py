@@ -76,3 +76,24 @@ def test_knn_cli_distributed_writes_once_and_matches_one_process(tmp_path):
         (ka, va), = json.loads(a).items()
         (kb, vb), = json.loads(b).items()
         assert ka == kb and va == pytest.approx(vb, abs=1e-9)
+
+
+def test_batch_split_over_local_devices_gives_the_same_features(tmp_path):
+    """One process with 2 (virtual CPU) devices: each batch is sharded over both; same features."""
+    code = ("import json, sys, numpy as np\n"
+            "sys.path.insert(0, %r)\n"
+            "import jax\n"
+            "assert jax.local_device_count() == 2\n"
+            "from test_sharded_extraction import extract_both\n"
+            "(tr, _), (va, _), res = extract_both(distributed=False)\n"
+            "np.savez(%r, train=tr, val=va, results=json.dumps(res))\n") % (str(Path(__file__).parent),
+                                                                           str(tmp_path / "two_dev.npz"))
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
+               PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, cwd=ROOT, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    z = np.load(tmp_path / "two_dev.npz")
+    (tr, _), (va, _), res = extract_both(distributed=False)
+    np.testing.assert_allclose(z["train"], tr, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(z["val"], va, rtol=1e-5, atol=1e-5)
+    assert json.loads(str(z["results"])) == pytest.approx(res, abs=1e-9)
