@@ -1,6 +1,4 @@
 """Linear probe: resumable training, the best head saved and reloaded to classify images, --test-datasets."""
-import json
-import os
 
 import numpy as np
 import pytest
