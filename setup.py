@@ -25,7 +25,6 @@ setup(
         "absl-py",
         "safetensors>=0.4",  # Hugging Face folders (dinov2_jax.pretrained), read / written without torch
         "ml-dtypes",  # bfloat16 tensors of .pth files (comes with jax)
-
         "etils[epath]",  # paths with remote schemes (gs://, s3://) for train.output_dir, as Orbax uses
     ],
     extras_require={
@@ -33,6 +32,7 @@ setup(
         "torch": ["torch==2.13.0"],
         # downloads of Hugging Face repo ids in from_pretrained("facebook/dinov2-small")
         "hf": ["huggingface_hub"],
-        "test": ["torch==2.13.0", "timm==1.0.31", "transformers>=4.48", "pytest", "pytest-xdist", "fsspec"],
+        "test": ["torch==2.13.0", "timm==1.0.31", "transformers>=4.48", "pytest", "pytest-xdist", "fsspec",
+                 "scikit-learn"],
     },
 )

@@ -7,9 +7,10 @@ Preprocessing is the official eval transform: resize the shorter side to 256 (bi
 image_size * 256/224 for other sizes), center crop `image_size`, ImageNet normalisation.
 The .npz holds `cls` [N, D] (final-norm cls token), `files` [N] (paths relative to DIR, sorted),
 `patch_tokens` [N, h, w, D] when --patch-tokens (or needed for --pca-png, then saved too) and
-`register_tokens` [N, R, D] for register models. Images that cannot be decoded are skipped with a
-warning each and counted; their paths are saved as `skipped_files` (present only then; they are left
-out of `files`).
+`register_tokens` [N, R, D] for register models; with --linear-head H (a linear probe's
+`best_linear_head.npz`) also `logits` [N, C] and `predictions` [N] (class names). Images that cannot be
+decoded are skipped with a warning each and counted; their paths are saved as `skipped_files` (present
+only then; they are left out of `files`).
 """
 from __future__ import annotations
 
@@ -128,11 +129,42 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-size", type=int, default=224, help="center-crop size (multiple of the patch size)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     p.add_argument("--patch-tokens", action="store_true", help="also save patch tokens [N, h, w, D]")
+    p.add_argument("--linear-head", default=None,
+                   help="best_linear_head.npz of a linear probe (eval.linear --output-dir): also save logits "
+                        "and predicted classes")
     p.add_argument("--pca-png", default=None, help="write the PCA-of-patch-features picture here")
     p.add_argument("--pca-threshold", type=float, default=0.5,
                    help="foreground threshold on the min-max scaled first PCA component")
     p.add_argument("--pca-max-images", type=int, default=16, help="rows in the PCA picture")
     return p
+
+
+def classify_folder(model, head_path: str, images_dir: str, *, batch_size: int = 32,
+                    image_size: int | None = None, progress: bool = True) -> dict:
+    """Classify every image of a folder with a linear head saved by the linear probe
+    (`best_linear_head.npz`). Returns {"logits" [N, C], "predictions" [N] (class names when the head has
+    them, else indices), "files" [N]}. image_size defaults to the head's training size."""
+    from tqdm.auto import tqdm
+
+    from dinov2_jax.eval.linear import linear_head_logits, load_linear_head, make_linear_feature_fn
+
+    head = load_linear_head(head_path)
+    image_size = image_size or head.image_size
+    files = list_images(images_dir)
+    fn = make_linear_feature_fn(model, head.use_n_blocks)
+    logits = []
+    for start in tqdm(range(0, len(files), batch_size), desc="classify", disable=not progress):
+        names = files[start : start + batch_size]
+        batch = np.stack([load_image(os.path.join(images_dir, f), image_size, head.resize_size * image_size
+                                     // head.image_size) for f in names])
+        n = len(names)
+        if n < batch_size:  # pad: one compiled shape for every batch
+            batch = np.concatenate([batch, np.zeros((batch_size - n,) + batch.shape[1:], batch.dtype)])
+        logits.append(linear_head_logits(head, jax.device_get(fn(batch)))[:n])
+    logits = np.concatenate(logits).astype(np.float32)
+    best = logits.argmax(axis=1)
+    preds = np.asarray(head.classes)[best] if head.classes else best
+    return {"logits": logits, "predictions": preds, "files": np.asarray(files)}
 
 
 def main(argv=None) -> int:
@@ -148,6 +180,12 @@ def main(argv=None) -> int:
                          keep_patch_tokens=want_patches,
                          keep_images=args.pca_max_images if args.pca_png else 0)
     images = res.pop("images", None)
+    if args.linear_head:
+        pred = classify_folder(model, args.linear_head, args.images, batch_size=args.batch_size,
+                               image_size=args.image_size)
+        res.update(logits=pred["logits"], predictions=pred["predictions"])
+        for f, c in list(zip(pred["files"], pred["predictions"]))[:10]:
+            print(f"{f}: {c}")
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     np.savez(args.out, **res)
     logger.info("wrote %s: %s", args.out, {k: v.shape for k, v in res.items()})

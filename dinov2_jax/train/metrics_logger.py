@@ -90,6 +90,20 @@ class MetricsLogger:
         self.stream.flush()
         return record
 
+    def log_eval(self, name: str, iteration: int, results: dict) -> dict:
+        """One evaluation's results: a line `{"iteration", **results}` in `<name>_metrics.json` (JSON lines,
+        e.g. `knn_metrics.json`) and TensorBoard scalars `<name>/<key>`. Returns the record."""
+        record = {"iteration": iteration, **results}
+        if self._json is not None:  # files are written by process 0 only
+            with open(os.path.join(self.output_dir, f"{name}_metrics.json"), "a") as f:
+                f.write(json.dumps(record) + "\n")
+        if self._tb is not None:
+            for k, v in results.items():
+                if isinstance(v, (int, float)) and np.isfinite(v):
+                    self._tb.add_scalar(f"{name}/{k}", v, iteration)
+            self._tb.flush()
+        return record
+
     def _console_line(self, iteration: int, record: dict[str, float]) -> str:
         # ETA from the latest window's time per iteration (the first one includes compilation)
         per_iter = record.get("iter_time", (time.time() - self._t0) / max(self._iters_done, 1))

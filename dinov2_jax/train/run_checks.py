@@ -57,12 +57,21 @@ def check_config_values(cfg) -> None:
 
 
 def eval_datasets(cfg) -> dict[str, str]:
-    """`{"evaluation.<key>": spec}` of the datasets the evaluations of this run will read."""
-    ev = cfg.evaluation
-    runs_eval = ev.get("eval_period_iterations", 0) > 0 or ev.get("knn_at_start", False)
-    if not runs_eval:
-        return {}
-    return {f"evaluation.{k}": v for k, v in ev.items() if k.endswith("_dataset") and isinstance(v, str) and v}
+    """`{"evaluation.evaluators.<name>.<key>": spec}` of the datasets the evaluators of this run will read
+    (only evaluators that will run: a period, the export period, or `at_start`)."""
+    from dinov2_jax.eval.evaluators import evaluators_from_config
+
+    period = cfg.evaluation.get("eval_period_iterations", 0)
+    out = {}
+    for name, opts in evaluators_from_config(cfg.evaluation).items():
+        if not ((opts["period"] or period) > 0 or opts["at_start"]):
+            continue
+        for k, v in opts.items():
+            if k.endswith("_dataset") and isinstance(v, str) and v:
+                out[f"evaluation.evaluators.{name}.{k}"] = v
+        for i, v in enumerate(opts.get("test_datasets", None) or ()):
+            out[f"evaluation.evaluators.{name}.test_datasets[{i}]"] = v
+    return out
 
 
 def check_eval_inputs(cfg) -> None:

@@ -15,11 +15,15 @@
   exactly (same batches, same random keys, same losses);
 * every input is checked before the first step (`dinov2_jax.train.run_checks`), and the output
   directory is locked against a second run;
-* every `evaluation.eval_period_iterations` (after that iteration's checkpoint, if any): the teacher is exported to `eval/training_<it>/` in the
-  converter's format and, if `evaluation.knn_train_dataset` is set, evaluated with k-NN, with a PCA
-  picture of its patch features on 8 validation images (`eval/training_<it>/pca.png`);
+* every `evaluation.eval_period_iterations` (after that iteration's checkpoint, if any): the teacher is
+  exported to `eval/training_<it>/` in the converter's format;
+* each evaluator of `evaluation.evaluators` (k-NN, log regression, linear probe; `dinov2_jax.eval.evaluators`)
+  runs on the teacher every `period` iterations (and before training with `at_start`): results in
+  `eval/training_<it>/results_eval_<name>.json`, one line per run in `<name>_metrics.json`, TensorBoard
+  scalars `<name>/<key>`, with a PCA picture of the teacher's patch features on 8 validation images
+  (`eval/training_<it>/pca.png`);
 * after every checkpoint and evaluation, `training_curves.png` (losses, schedules, gradient norms,
-  throughput, k-NN; `dinov2_jax.train.curves`) is redrawn;
+  throughput, evaluations; `dinov2_jax.train.curves`) is redrawn;
 * a non-finite loss stops the run with `TrainingDivergedError` naming the iteration; nothing computed
   after the last good checkpoint is saved.
 
@@ -341,8 +345,12 @@ def _train_locked(cfg, components, stream, use_mesh, output_dir, agree) -> Train
         logger.close()
         return TrainResult(start_it, start_it, last_it, False, {}, None)
 
-    if latest is None and cfg.evaluation.get("knn_at_start", False):
-        run_periodic_eval(cfg, comp, state, -1, files_dir, logger, export=False)  # the random-init baseline
+    from dinov2_jax.eval.evaluators import due, evaluators_from_config
+
+    evaluators = evaluators_from_config(cfg.evaluation)
+    at_start = [name for name, opts in evaluators.items() if opts["at_start"]]
+    if latest is None and at_start:  # the random-init baseline
+        run_periodic_eval(cfg, comp, state, -1, files_dir, logger, export=False, names=at_start)
 
     loader = comp.make_train_loader(cfg, seed=cfg.train.seed)
     if data_state is not None:
@@ -434,7 +442,9 @@ def _train_locked(cfg, components, stream, use_mesh, output_dir, agree) -> Train
             stopping, skipped_total = agree.poll(stop.signum is not None, skipped.count)
             do_ckpt = (it + 1) % cfg.train.checkpoint_period == 0 or is_last or stopping
             period = cfg.evaluation.eval_period_iterations
-            do_eval = period > 0 and (it + 1) % period == 0
+            do_export = period > 0 and (it + 1) % period == 0
+            eval_names = due(evaluators, it, period)
+            do_eval = do_export or bool(eval_names)
             if do_log or do_ckpt or do_eval:
                 drain()
             if do_log:
@@ -451,7 +461,7 @@ def _train_locked(cfg, components, stream, use_mesh, output_dir, agree) -> Train
                 save(it + 1)
             if do_eval:
                 t_eval = time.time()
-                run_periodic_eval(cfg, comp, state, it, files_dir, logger)
+                run_periodic_eval(cfg, comp, state, it, files_dir, logger, export=do_export, names=eval_names)
                 t_window += time.time() - t_eval  # evaluation time is not training throughput
             if do_ckpt or do_eval:
                 draw_curves()
@@ -520,11 +530,15 @@ def init_from_weights(state, weights: str):
 
 
 def run_periodic_eval(cfg, comp: Components, state, it: int, output_dir: str, logger: MetricsLogger,
-                      export: bool = True) -> None:
-    """Teacher export to `eval/training_<it>/` (+ k-NN if `evaluation.knn_train_dataset` is set).
-    `it = -1` (with `export=False`): k-NN of the freshly initialised model (`evaluation.knn_at_start`).
+                      export: bool = True, names: list[str] | None = None) -> None:
+    """Teacher export to `eval/training_<it>/` (if `export`) and the evaluators `names` of
+    `evaluation.evaluators` (default: all). `it = -1` (with `export=False`): the freshly initialised model.
     Every process joins the parameter gather; process 0 alone exports, evaluates and writes (the others
     wait for it at the next train step)."""
+    from dinov2_jax.eval.evaluators import evaluators_from_config, run_evaluator, scalar_items
+
+    evaluators = evaluators_from_config(cfg.evaluation)
+    names = list(evaluators) if names is None else names
     out_dir = os.path.join(output_dir, "eval", f"training_{it}" if it >= 0 else "init")
     if comp.host_eval_state is not None:
         state = comp.host_eval_state(state, cfg)
@@ -533,34 +547,30 @@ def run_periodic_eval(cfg, comp: Components, state, it: int, output_dir: str, lo
     if export and comp.export_teacher is not None:
         comp.export_teacher(state, cfg, out_dir)
         logger.info(f"Exported the teacher to {out_dir}")
-    if cfg.evaluation.knn_train_dataset:
-        if comp.teacher_backbone is None:
-            raise ValueError("evaluation.knn_train_dataset is set but no teacher_backbone component is given")
-        from dinov2_jax.eval.knn import knn_eval
-
-        val = cfg.evaluation.knn_val_dataset or cfg.evaluation.knn_train_dataset
-        model_fn = comp.teacher_backbone(state, cfg)
-        image_size = cfg.evaluation.get("knn_image_size", 224)
-        resize_size = cfg.evaluation.get("knn_resize_size", 256)
-        results = knn_eval(model_fn, cfg.evaluation.knn_train_dataset, val,
-                           image_size=image_size, resize_size=resize_size,
-                           max_samples=cfg.evaluation.get("knn_max_samples", None) or None,
-                           nb_knn=tuple(cfg.evaluation.get("knn_nb_knn", (10, 20, 100, 200))),
-                           progress=False)
-        os.makedirs(out_dir, exist_ok=True)
-        with open(os.path.join(out_dir, "results_eval_knn.json"), "a") as f:
+    if not names:
+        return
+    if comp.teacher_backbone is None:
+        raise ValueError("evaluation.evaluators is set but no teacher_backbone component is given")
+    model_fn = comp.teacher_backbone(state, cfg)
+    os.makedirs(out_dir, exist_ok=True)
+    for name in names:
+        opts = evaluators[name]
+        t0 = time.time()
+        scalars, results = run_evaluator(opts, model_fn)
+        with open(os.path.join(out_dir, f"results_eval_{name}.json"), "a") as f:
             for k, v in results.items():
                 f.write(json.dumps({k: v}) + "\n")
-        with open(os.path.join(output_dir, "knn_metrics.json"), "a") as f:
-            f.write(json.dumps({"iteration": it, **results}) + "\n")
-        logger.info(f"k-NN at iteration {it}{' (random init)' if it < 0 else ''}: "
-                    + ", ".join(f"{k}={v:.2f}" for k, v in results.items() if "Top 1" in k))
-        if hasattr(model_fn, "forward_features"):
-            path = save_teacher_pca(model_fn, val, os.path.join(out_dir, "pca.png"), image_size=image_size,
-                                    resize_size=resize_size)
-            logger.info(f"PCA of the teacher's patch features: {path}")
-        else:
-            logger.info("No PCA picture: the teacher_backbone component gives no patch features")
+        logger.log_eval(name, it, scalars)
+        logger.info(f"{name} ({opts['type']}) at iteration {it}{' (random init)' if it < 0 else ''} "
+                    f"in {time.time() - t0:.1f}s: "
+                    + ", ".join(f"{k}={v:.2f}" for k, v in scalar_items(scalars) if k.endswith("Top 1") or k == "top-1"))
+    first = evaluators[names[0]]
+    if hasattr(model_fn, "forward_features"):
+        path = save_teacher_pca(model_fn, first["val_dataset"], os.path.join(out_dir, "pca.png"),
+                                image_size=first["image_size"], resize_size=first["resize_size"])
+        logger.info(f"PCA of the teacher's patch features: {path}")
+    else:
+        logger.info("No PCA picture: the teacher_backbone component gives no patch features")
 
 
 def save_teacher_pca(backbone, dataset: str, path: str, *, image_size: int = 224, resize_size: int = 256,

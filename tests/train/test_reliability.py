@@ -107,12 +107,18 @@ def test_missing_eval_dataset_fails_before_the_first_step(tmp_path):
 
     comp = toy_components()
     comp.make_train_loader = lambda cfg, seed: Boom(seed)
-    cfg = toy_cfg(tmp_path, **{"evaluation.knn_train_dataset": "folder:/no/such/train"})
-    with pytest.raises(FileNotFoundError, match="evaluation.knn_train_dataset='folder:/no/such/train'"):
-        run(cfg, comp)
-    cfg = toy_cfg(tmp_path, **{"evaluation.knn_train_dataset": "demo", "evaluation.knn_val_dataset": "folder:/nope"})
-    with pytest.raises(FileNotFoundError, match="knn_val_dataset"):
-        run(cfg, comp)
+    import ml_collections
+
+    def with_knn(train, val):
+        cfg = toy_cfg(tmp_path)
+        cfg.evaluation.evaluators.knn = ml_collections.ConfigDict(dict(type="knn", train_dataset=train,
+                                                                       val_dataset=val))
+        return cfg
+
+    with pytest.raises(FileNotFoundError, match="evaluators.knn.train_dataset='folder:/no/such/train'"):
+        run(with_knn("folder:/no/such/train", "demo"), comp)
+    with pytest.raises(FileNotFoundError, match="evaluators.knn.val_dataset"):
+        run(with_knn("demo", "folder:/nope"), comp)
     assert not (tmp_path / "ckpt").exists()
 
 
@@ -285,8 +291,9 @@ def test_cli_missing_eval_folder_fails_before_training(tmp_path):
     iteration or checkpoint (before: the run died at its first evaluation, and every resume there)."""
     root = os.path.join(os.path.dirname(__file__), "..", "..")
     r = subprocess.run([sys.executable, "-m", "dinov2_jax.train", "--config", "configs/quickstart.py",
-                        f"--config.train.output_dir={tmp_path}", "--config.evaluation.knn_val_dataset=folder:/no/val"],
+                        f"--config.train.output_dir={tmp_path}",
+                        "--config.evaluation.evaluators.knn.val_dataset=folder:/no/val"],
                        capture_output=True, text=True, timeout=600, cwd=root)
     assert r.returncode == 2, r.stdout[-2000:] + r.stderr[-2000:]
-    assert "evaluation.knn_val_dataset='folder:/no/val'" in r.stderr and "Traceback" not in r.stderr
+    assert "evaluation.evaluators.knn.val_dataset='folder:/no/val'" in r.stderr and "Traceback" not in r.stderr
     assert "Training [" not in r.stdout and not (tmp_path / "ckpt").exists()
