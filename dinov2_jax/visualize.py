@@ -167,6 +167,9 @@ def high_norm_tokens(norms, factor: float = 3.0):
     return out, float(out.mean())
 
 
+TITLE_HEIGHT = 14  # pixels of the column-title line
+
+
 def colorize(values, cmap: str = "viridis", vmin=None, vmax=None) -> np.ndarray:
     """[h, w] floats -> uint8 [h, w, 3] through a matplotlib colormap (min-max scaled unless given)."""
     import matplotlib
@@ -178,15 +181,21 @@ def colorize(values, cmap: str = "viridis", vmin=None, vmax=None) -> np.ndarray:
     return (matplotlib.colormaps[cmap](v)[..., :3] * 255).round().astype(np.uint8)
 
 
-def _grid(rows, pad: int = 4) -> Image.Image:
-    """rows: lists of equally sized uint8 [H, W, 3] panels -> one white-padded picture."""
+def _grid(rows, pad: int = 4, titles=None) -> Image.Image:
+    """rows: lists of equally sized uint8 [H, W, 3] panels -> one white-padded picture, with a line of
+    column `titles` on top when given."""
+    from PIL import ImageDraw
+
     hh, ww = rows[0][0].shape[:2]
     ncol = max(len(r) for r in rows)
-    canvas = Image.new("RGB", (ncol * ww + (ncol + 1) * pad, len(rows) * hh + (len(rows) + 1) * pad),
+    top = TITLE_HEIGHT if titles else 0
+    canvas = Image.new("RGB", (ncol * ww + (ncol + 1) * pad, top + len(rows) * hh + (len(rows) + 1) * pad),
                        (255, 255, 255))
+    for j, title in enumerate(titles or []):
+        ImageDraw.Draw(canvas).text((pad + j * (ww + pad) + 2, 3), title, fill=(0, 0, 0))
     for i, row in enumerate(rows):
         for j, panel in enumerate(row):
-            canvas.paste(Image.fromarray(panel), (pad + j * (ww + pad), pad + i * (hh + pad)))
+            canvas.paste(Image.fromarray(panel), (pad + j * (ww + pad), top + pad + i * (hh + pad)))
     return canvas
 
 
@@ -217,7 +226,7 @@ def _norm_panel(norms, outliers, shape) -> np.ndarray:
 
 
 def attention_picture(images, attention, *, fraction: float = 0.6, heads=None, patch_tokens=None,
-                      norm_factor: float = 3.0, min_height: int = 0, max_images: int = 32,
+                      norm_factor: float = 3.0, min_height: int = 0, max_images: int = 32, titles: bool = True,
                       path: str | None = None) -> Image.Image:
     """The DINO self-attention picture; returns a PIL image (shown inline in a notebook), saved if `path`.
 
@@ -225,8 +234,9 @@ def attention_picture(images, attention, *, fraction: float = 0.6, heads=None, p
     the patches (`DinoVisionTransformer.get_cls_attention_maps(x)["patches"]`). One row per image:
     input | each shown head's map (own min-max scale, viridis) | the input kept where the mask of the
     mean over the shown heads holds `fraction` of the attention mass (`attention_mass_mask`; the rest
-    dimmed) | with `patch_tokens` [B, h, w, D]: their norm map (`token_norm_picture`'s panel).
+    faded to white) | with `patch_tokens` [B, h, w, D]: their norm map (`token_norm_picture`'s panel).
     `heads`: indices of the heads shown (default all). Images below `min_height` are enlarged.
+    `titles`: a line naming the columns on top.
     """
     att = np.asarray(attention, np.float64)[:max_images]
     if att.ndim != 4:
@@ -247,18 +257,19 @@ def attention_picture(images, attention, *, fraction: float = 0.6, heads=None, p
     for i in range(len(att)):
         row = [ims[i]] + [_patch_panel(att[i, h], shape, "viridis") for h in heads]
         keep = upsample_nearest(masks[i], shape[0] // masks.shape[1])[..., None]
-        row.append(np.where(keep, ims[i], (ims[i] * 0.25).astype(np.uint8)))
+        row.append(np.where(keep, ims[i], (0.3 * ims[i] + 0.7 * 255).astype(np.uint8)))
         if patch_tokens is not None:
             row.append(_norm_panel(norms[i], outliers[i], shape))
         rows.append(row)
-    pic = _grid(rows)
+    names = ["input"] + [f"head {h}" for h in heads] + [f"mask {100 * fraction:g}% mass"]
+    pic = _grid(rows, titles=(names + ["token norm"] * (patch_tokens is not None)) if titles else None)
     if path:
         pic.save(path)
     return pic
 
 
 def token_norm_picture(images, patch_tokens, *, factor: float = 3.0, min_height: int = 0, max_images: int = 32,
-                       path: str | None = None) -> Image.Image:
+                       titles: bool = True, path: str | None = None) -> Image.Image:
     """Patch-token norms (the registers paper's high-norm artifacts); returns a PIL image, saved if `path`.
 
     Row per image: input | norm of each patch token (inferno, scaled per image), the outliers of
@@ -269,7 +280,8 @@ def token_norm_picture(images, patch_tokens, *, factor: float = 3.0, min_height:
     ims, _ = _display_inputs(np.asarray(images)[:len(norms)], min_height)
     if ims.shape[1] % norms.shape[1]:
         raise ValueError(f"images {ims.shape[1:3]} are not a whole number of patches of the {norms.shape[1:]} grid")
-    pic = _grid([[ims[i], _norm_panel(norms[i], outliers[i], ims.shape[1:3])] for i in range(len(norms))])
+    pic = _grid([[ims[i], _norm_panel(norms[i], outliers[i], ims.shape[1:3])] for i in range(len(norms))],
+                titles=["input", f"token norm (> {factor:g}x median)"] if titles else None)
     if path:
         pic.save(path)
     return pic

@@ -44,8 +44,10 @@ def test_attention_picture_panels(tmp_path):
     tokens[0, 0, 0] *= 50
     pic = visualize.attention_picture(images, att, heads=[0, 2], patch_tokens=tokens, path=str(tmp_path / "a.png"))
     a = np.asarray(Image.open(tmp_path / "a.png"))
-    assert a.shape == np.asarray(pic).shape == (2 * 32 + 3 * 4, 5 * 32 + 6 * 4, 3)  # input, 2 heads, mask, norms
-    panel = lambda i, j: a[4 + i * 36:36 + i * 36, 4 + j * 36:36 + j * 36]
+    top = visualize.TITLE_HEIGHT  # the column titles
+    assert a.shape == np.asarray(pic).shape == (top + 2 * 32 + 3 * 4, 5 * 32 + 6 * 4, 3)  # input, 2 heads, mask, norms
+    assert (a[:top, :36] < 128).any()  # a title was written
+    panel = lambda i, j: a[top + 4 + i * 36:top + 36 + i * 36, 4 + j * 36:36 + j * 36]
     np.testing.assert_array_equal(panel(1, 0), visualize.denormalize(images)[1])
     head2 = panel(1, 2)  # head 2 of image 1: nearest-upsampled 8x8 blocks, brightest where the attention is
     assert (head2[::8, ::8] == head2[7::8, 7::8]).all()
@@ -53,12 +55,12 @@ def test_attention_picture_panels(tmp_path):
     assert head2[8 * y, 8 * x].sum() == max(head2[::8, ::8].reshape(-1, 3).sum(1))  # viridis top is brightest
     keep = visualize.attention_mass_mask(att[1, [0, 2]].mean(0), 0.6)
     up = visualize.upsample_nearest(keep, 8)
-    np.testing.assert_array_equal(panel(1, 3)[up], panel(1, 0)[up])  # kept pixels unchanged, the rest dimmed
-    assert (panel(1, 3)[~up].astype(int) <= panel(1, 0)[~up] // 4 + 1).all()
+    np.testing.assert_array_equal(panel(1, 3)[up], panel(1, 0)[up])  # kept pixels unchanged, the rest faded
+    assert (panel(1, 3)[~up] >= int(0.7 * 255)).all() and (~up).any()
     assert (panel(0, 4)[0, :8] == (0, 255, 255)).all()  # the planted outlier is outlined
     with pytest.raises(ValueError, match="3 heads"):
         visualize.attention_picture(images, att, heads=[3])
-    norm_pic = visualize.token_norm_picture(images, tokens, min_height=64)
+    norm_pic = visualize.token_norm_picture(images, tokens, min_height=64, titles=False)
     assert np.asarray(norm_pic).shape == (2 * 64 + 3 * 4, 2 * 64 + 3 * 4, 3)
 
 
@@ -74,7 +76,7 @@ def test_extract_cli_attention_png(tmp_path, monkeypatch, capsys):
     assert "high-norm patch tokens:" in printed and "in 3 images" in printed and "registers in block 0" in printed
     a = np.asarray(Image.open(png))
     # 3 rows of 168-pixel panels (56 enlarged x3 to reach 160); input, 2 heads, mask, norms
-    assert a.shape == (3 * 168 + 4 * 4, 5 * 168 + 6 * 4, 3)
+    assert a.shape == (visualize.TITLE_HEIGHT + 3 * 168 + 4 * 4, 5 * 168 + 6 * 4, 3)
     assert len(np.unique(a.reshape(-1, 3), axis=0)) > 20
     # the maps drawn are the model's block-0 cls attention on the eval-transformed images
     x = np.stack([eval_transform(Image.open(tmp_path / "imgs" / n), resize_size=64, crop_size=56) for n in names])

@@ -1,6 +1,7 @@
 """Do the thresholded cls attention masks find the object? IoU on a synthetic object-on-background set.
 
   python -m dinov2_jax.eval.attention_masks --weights DIR [--image-size 64] [--n-images 100] [--mass 0.6]
+      [--photo-size 128] [--block -1] [--png synthetic.png]
 
 Each image: a blurred demo photo (`dinov2_jax.data.sources.DemoSource`'s scikit-image photos) as the
 background, with a sharp square crop of another demo photo pasted at a random place (side 30-55 % of
@@ -8,6 +9,8 @@ the image, on the patch grid). The ground truth is that square. The mask is DINO
 `mass` of the cls token's attention (mean over heads) in the last block (`visualize.attention_mass_mask`).
 Chance: the expected IoU of a mask with as many patches drawn uniformly at random (exact
 hypergeometric expectation), so a model whose attention ignores the image scores chance on average.
+Also printed: the IoU on four demo photos against rough foreground outlines drawn by hand
+(`DEMO_FOREGROUND`), at `--photo-size`.
 """
 from __future__ import annotations
 
@@ -88,6 +91,9 @@ def demo_photo_masks(size: int = 128, patch: int = 8, names=None):
         m = eval_transform(outline, resize_size=eval_resize_size(size), crop_size=size)[..., 0]
         inside = m > (m.max() + m.min()) / 2
         masks.append(inside.reshape(grid, patch, grid, patch).mean((1, 3)) >= 0.5)
+        if not masks[-1].any():
+            raise ValueError(f"the {name!r} outline covers no patch at size {size} with {patch}-pixel patches; "
+                             "use a larger size (128 or more)")
     return names, np.stack(images), np.stack(masks)
 
 
@@ -139,6 +145,7 @@ def main(argv=None) -> int:
     p.add_argument("--allow-random-init", action="store_true")
     p.add_argument("--image-size", type=int, default=64)
     p.add_argument("--n-images", type=int, default=100)
+    p.add_argument("--photo-size", type=int, default=128, help="image size for the hand-outlined demo photos")
     p.add_argument("--mass", type=float, default=0.6)
     p.add_argument("--block", type=int, default=-1)
     p.add_argument("--seed", type=int, default=0)
@@ -153,7 +160,7 @@ def main(argv=None) -> int:
           f"{args.n_images} images: {r['iou']:.3f} (chance {r['chance_iou']:.3f}; above chance on "
           f"{100 * r['frac_above_chance']:.0f} % of the images, paired t = {r['gain_t']:.1f}); per head: "
           + ", ".join(f"{v:.3f}" for v in r["iou_per_head"]))
-    names, photos, photo_gt = demo_photo_masks(args.image_size, model.patch_size)
+    names, photos, photo_gt = demo_photo_masks(args.photo_size, model.patch_size)
     rp = evaluate(model, photos, photo_gt, mass=args.mass, block=args.block)
     print("demo photos, IoU vs a rough hand-drawn foreground mask (chance): "
           + ", ".join(f"{n} {v:.2f} ({c:.2f})" for n, v, c in zip(names, rp["ious"],
