@@ -9,6 +9,10 @@ Recipe (numpy, deterministic):
   3. a second PCA on the foreground patches only; its first 3 components, min-max scaled per component,
      become RGB; background patches are black.
 The picture is a grid: one row per image, the (denormalised) input on the left, its PCA map on the right.
+
+Also here: the DINO self-attention picture (`attention_picture`: cls attention per head, the mask keeping
+a fraction of the attention mass) and the patch-token norm picture (`token_norm_picture`, high-norm
+outliers); see docs/visualization.md.
 """
 from __future__ import annotations
 
