@@ -239,9 +239,10 @@ class DinoVisionTransformer(nnx.Module):
             return tuple(zip(patches, cls))
         return tuple(patches)
 
-    def get_self_attention(self, x: jax.Array, block: int = -1) -> jax.Array:
+    def get_self_attention(self, x: jax.Array, block: int = -1, num_queries: int | None = None) -> jax.Array:
         """Softmax attention weights of one block (default the last), all heads: x [B, H, W, C] ->
         `[B, heads, T, T]` float32, rows = queries, columns = keys, tokens `[cls, reg_1..reg_R, patches]`.
+        `num_queries` = Q keeps only the first Q rows (`[B, heads, Q, T]`; 1: the cls row).
 
         The blocks before `block` run as in the deterministic forward (with the model's `attn_impl`);
         the chosen block's weights come from the explicit-softmax path (`Attention.attention_weights`)
@@ -255,7 +256,7 @@ class DinoVisionTransformer(nnx.Module):
                     "(the '%s' backend of the other blocks does not return weights)", block, self.attn_impl)
         t = self._run_blocks(self.prepare_tokens_with_masks(x), 0, block, None)
         blk = self.blocks[block]
-        return blk.attn.attention_weights(blk.norm1(t))
+        return blk.attn.attention_weights(blk.norm1(t), num_queries)
 
     def get_cls_attention_maps(self, x: jax.Array, block: int = -1) -> dict:
         """The cls token's attention (the DINO picture) in one block, per head, from `get_self_attention`:
@@ -263,7 +264,7 @@ class DinoVisionTransformer(nnx.Module):
         (float32; the three together are the cls query's softmax row and sum to 1 per head).
         """
         b, h, w, _ = x.shape
-        row = self.get_self_attention(x, block)[:, :, 0]  # [B, heads, T]
+        row = self.get_self_attention(x, block, num_queries=1)[:, :, 0]  # [B, heads, T]
         r, p = self.num_register_tokens, self.patch_size
         return {"patches": row[:, :, 1 + r:].reshape(b, self.num_heads, h // p, w // p),
                 "registers": row[:, :, 1:1 + r], "cls": row[:, :, 0]}

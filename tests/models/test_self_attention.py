@@ -79,12 +79,16 @@ def test_weights_reproduce_the_fused_attention_output():
     np.testing.assert_allclose(np.asarray(out), np.asarray(attn(x)), atol=1e-5, rtol=0)
 
 
-def test_block_index_checked_and_scan_blocks_same_maps():
+def test_block_index_checked_scan_blocks_and_bf16_same_maps():
     kw = dict(img_size=28, patch_size=14, embed_dim=32, depth=3, num_heads=2, init_values=1.0)
     m = DinoVisionTransformer(**kw, rngs=nnx.Rngs(0))
     ms = DinoVisionTransformer(**kw, scan_blocks=True, rngs=nnx.Rngs(0))
+    mb = DinoVisionTransformer(**kw, dtype="bfloat16", rngs=nnx.Rngs(0))
     x = jax.random.normal(jax.random.key(1), (1, 28, 28, 3))
-    np.testing.assert_allclose(np.asarray(ms.get_self_attention(x, 2)), np.asarray(m.get_self_attention(x, -1)),
-                               atol=1e-6)
+    ref = np.asarray(m.get_self_attention(x, -1))
+    np.testing.assert_allclose(np.asarray(ms.get_self_attention(x, 2)), ref, atol=1e-6)
+    bf = mb.get_self_attention(x, -1)
+    assert bf.dtype == jnp.float32
+    np.testing.assert_allclose(np.asarray(bf), ref, atol=2e-2)  # bf16 activations, float32 softmax
     with pytest.raises(ValueError, match="block=3 out of range for depth 3"):
         m.get_self_attention(x, 3)

@@ -99,7 +99,8 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, impl: str) -
 
 
 def attention_weights(q: jax.Array, k: jax.Array) -> jax.Array:
-    """Explicit softmax attention weights: q, k `[B, N, H, hd]` -> `[B, H, N, N]` float32 (rows sum to 1).
+    """Explicit softmax attention weights: q `[B, Q, H, hd]`, k `[B, N, H, hd]` -> `[B, H, Q, N]` float32
+    (rows sum to 1).
 
     The fused backends never materialise this matrix, so attention maps (visualisation) come from this
     path; `softmax(q k^T * hd**-0.5)` in float32 (q and k are upcast first), the same math as
@@ -132,12 +133,13 @@ class Attention(nnx.Module):
         out = dot_product_attention(q, k, v, self.attn_impl)
         return self.proj(out.reshape(b, n, d))
 
-    def attention_weights(self, x: jax.Array) -> jax.Array:
-        """[B, N, D] (the block's normalised input) -> softmax weights `[B, H, N, N]` float32.
+    def attention_weights(self, x: jax.Array, num_queries: int | None = None) -> jax.Array:
+        """[B, N, D] (the block's normalised input) -> softmax weights `[B, H, Q, N]` float32, for the
+        first Q = `num_queries` query tokens (default all N; 1 = the cls row only, O(N) memory).
 
         Always the explicit-softmax path (`attention_weights`), whatever `attn_impl` is: the fused
         backends (cuDNN flash attention, the Pallas kernel) do not return the weights.
         """
         b, n, d = x.shape
         qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, d // self.num_heads)
-        return attention_weights(qkv[:, :, 0], qkv[:, :, 1])
+        return attention_weights(qkv[:, :num_queries, 0], qkv[:, :, 1])
