@@ -48,24 +48,26 @@ def test_synthetic_set_and_hand_masks():
         am.demo_photo_masks(64, 8)
 
 
-# A reduced quickstart (100 iterations, batch 16, 2 local crops): ~2 min on an idle 2-core CPU.
-REDUCED = ["--config.optim.epochs=4", "--config.evaluation.eval_period_iterations=101",
-           "--config.evaluation.knn_at_start=False", "--config.evaluation.knn_max_samples=40",
-           "--config.train.batch_size_per_gpu=16", "--config.crops.local_crops_number=2"]
+# The first half of the quickstart (150 of its 300 iterations, schedules unchanged; export at iteration
+# 149, a small k-NN). Shorter or smaller runs were tried and are not enough: iteration 99 of this run
+# scores IoU 0.154 vs chance 0.125 (paired t 2.0), a 150-iteration schedule with batch 16 and 2 local
+# crops 0.145 vs 0.131; iteration 149 scores 0.262 vs 0.119 (t 7.2). See docs/visualization.md.
+HALF_QUICKSTART = ["--config.train.max_iterations=150", "--config.evaluation.eval_period_iterations=150",
+                   "--config.evaluation.knn_at_start=False", "--config.evaluation.knn_max_samples=40"]
 
 
-@pytest.mark.heavy
-def test_reduced_quickstart_teacher_attention_finds_objects(tmp_path):
+@pytest.mark.heavy  # ~3 min on an idle 2-core CPU (5.5 min measured with the machine shared)
+def test_half_quickstart_teacher_attention_finds_objects(tmp_path):
     from dinov2_jax.convert import load_converted
     from dinov2_jax.models.vision_transformer import DinoVisionTransformer
 
     out = tmp_path / "run"
     r = subprocess.run([sys.executable, "-m", "dinov2_jax.train", "--config", "configs/quickstart.py",
-                        f"--config.train.output_dir={out}", *REDUCED], cwd=ROOT, capture_output=True, text=True,
+                        f"--config.train.output_dir={out}", *HALF_QUICKSTART], cwd=ROOT, capture_output=True, text=True,
                        env=dict(os.environ, JAX_PLATFORMS="cpu"), timeout=1200)
     assert r.returncode == 0, r.stderr[-3000:]
-    teacher = load_converted(str(out / "eval" / "training_100"))
-    arch = json.load(open(out / "eval" / "training_100" / "arch.json"))
+    teacher = load_converted(str(out / "eval" / "training_149"))
+    arch = json.load(open(out / "eval" / "training_149" / "arch.json"))
     random_init = DinoVisionTransformer(**arch, rngs=nnx.Rngs(0))
     images, gt = am.synthetic_objects(100, size=64, patch=8, seed=0)
     trained = am.evaluate(teacher, images, gt)
