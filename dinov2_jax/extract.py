@@ -226,10 +226,12 @@ def write_attention_picture(model, images, args, heads: list[int]) -> dict:
     outliers, frac = high_norm_tokens(token_norms(maps["patch_tokens"]), args.norm_outlier_factor)
     block = args.attention_block % model.n_blocks
     logger.info("wrote attention picture %s (%d images, block %d)", args.attention_png, len(images), block)
-    reg = maps["register_attention"].sum(-1).mean() if model.num_register_tokens else 0.0
-    print(f"high-norm patch tokens: {100 * frac:.2f} % ({int(outliers.sum())} of {outliers.size}; "
-          f"norm > {args.norm_outlier_factor:g} x the image's median) in {len(images)} images; "
-          f"cls attention on registers in block {block}: {100 * reg:.1f} %")
+    line = (f"high-norm patch tokens: {100 * frac:.2f} % ({int(outliers.sum())} of {outliers.size}; "
+            f"norm > {args.norm_outlier_factor:g} x the image's median) in {len(images)} images")
+    if model.num_register_tokens:  # how much of the cls token's attention the registers take
+        line += (f"; cls attention on the {model.num_register_tokens} registers in block {block}: "
+                 f"{100 * maps['register_attention'].sum(-1).mean():.1f} %")
+    print(line)
     return maps
 
 

@@ -73,7 +73,7 @@ def test_extract_cli_attention_png(tmp_path, monkeypatch, capsys):
             "--attention-png", str(png), "--attention-block", "0"]
     assert extract.main(argv) == 0
     printed = capsys.readouterr().out
-    assert "high-norm patch tokens:" in printed and "in 3 images" in printed and "registers in block 0" in printed
+    assert "high-norm patch tokens:" in printed and "in 3 images" in printed and "cls attention on the 2 registers in block 0" in printed
     a = np.asarray(Image.open(png))
     # 3 rows of 168-pixel panels (56 enlarged x3 to reach 160); input, 2 heads, mask, norms
     assert a.shape == (visualize.TITLE_HEIGHT + 3 * 168 + 4 * 4, 5 * 168 + 6 * 4, 3)
