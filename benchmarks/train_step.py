@@ -212,7 +212,9 @@ def bench_dinov2(args):
     import numpy as np
 
     from configs.ssl_default import get_config
-    from dinov2_jax.data.masking import mask_upperbound
+    import random
+
+    from dinov2_jax.data.masking import MaskingGenerator, collate
     from dinov2_jax.train.train_step import create_train_state, make_train_step
 
     dim, depth, heads, ffn = ARCHS[args.arch]
@@ -239,26 +241,14 @@ def bench_dinov2(args):
     step = jax.jit(make_train_step(cfg, arch_overrides=overrides), donate_argnums=0)
 
     B, S, s, nl = args.batch_size, args.img_size, args.local_size, args.n_local
-    n_tok = (S // args.patch_size) ** 2
-    ub = mask_upperbound(B, n_tok)
+    grid = S // args.patch_size
     rng = np.random.default_rng(0)
-    masks = np.zeros((2 * B, n_tok), bool)
-    n_masked = 0
-    for i in rng.permutation(2 * B)[:B]:  # half of the crops masked, 10-50% of their tokens
-        k = int(n_tok * rng.uniform(0.1, 0.5))
-        masks[i, rng.permutation(n_tok)[:k]] = True
-        n_masked += k
-    n_masked = min(n_masked, ub)
-    flat = np.flatnonzero(masks)[:ub]
-    idx = np.zeros(ub, np.int32)
-    idx[:flat.size] = flat
-    w = np.zeros(ub, np.float32)
-    w[:flat.size] = (1.0 / np.maximum(masks.sum(-1), 1))[flat // n_tok]
-    batch = jax.device_put({
-        "collated_global_crops": rng.standard_normal((2 * B, S, S, 3)).astype(np.float32),
-        "collated_local_crops": rng.standard_normal((nl * B, s, s, 3)).astype(np.float32),
-        "collated_masks": masks, "mask_indices_list": idx, "masks_weight": w,
-        "n_masked_patches": np.int32(flat.size)})
+    samples = [{"global_crops": rng.standard_normal((2, S, S, 3)).astype(np.float32),
+                "local_crops": rng.standard_normal((nl, s, s, 3)).astype(np.float32)} for _ in range(B)]
+    # one device = one group, masks as the official collate draws them
+    batch = jax.device_put(collate(samples, mask_generator=MaskingGenerator((grid, grid), max_num_patches=grid * grid // 2),
+                                   rng=random.Random(0)))
+    n_masked = int(batch["n_masked_patches"].sum())
     hp = {k: np.float32(v) for k, v in dict(lr=1e-4, wd=0.04, mom=0.994, teacher_temp=0.07, last_layer_lr=1e-4).items()}
     holder = [state]
 

@@ -115,47 +115,63 @@ def sample_masks(n_global: int, n_tokens: int, mask_generator: MaskingGenerator,
 
 
 def collate(samples: Sequence[dict], *, mask_generator: MaskingGenerator, rng: random.Random,
-            mask_ratio_tuple=(0.1, 0.5), mask_probability: float = 0.5, upperbound: int | None = None) -> dict:
-    """Stack B augmented samples crop-major and sample iBOT masks (spec 5.2) -> batch dict (design.md).
+            mask_ratio_tuple=(0.1, 0.5), mask_probability: float = 0.5, upperbound: int | None = None,
+            groups: int = 1) -> dict:
+    """Stack B augmented samples and sample iBOT masks -> batch dict (docs/design.md, Batch).
 
-    samples: B dicts {"global_crops" [2, S, S, 3], "local_crops" [nL, s, s, 3]} (+ "global_photometric",
+    The B samples form `groups` per-device batches of b = B / groups consecutive samples, each collated
+    as the official collate does on one GPU: crops stacked crop-major within the group, masks sampled
+    over the group's 2b global crops, masked-token lists per group. Groups follow each other
+    (group-major), so a mesh that splits the leading dim over devices gives each device whole groups.
+    samples: dicts {"global_crops" [2, S, S, 3], "local_crops" [nL, s, s, 3]} (+ "global_photometric",
     "local_photometric" param dicts in the photometric_on_device mode, collated under batch_param_key).
-    Returns collated_global_crops [2B, S, S, 3], collated_local_crops [nL*B, s, s, 3] (float32; uint8
-    stays uint8),
-    collated_masks [2B, N] bool, mask_indices_list [upperbound] int32 (valid prefix ascending, 0-padded),
-    masks_weight [upperbound] float32 (1/#masked of the token's crop, 0-padded), n_masked_patches [] int32.
+    Returns collated_global_crops [G*2b, S, S, 3] (row g*2b + c*b + i), collated_local_crops
+    [G*nL*b, s, s, 3] (float32; uint8 stays uint8), collated_masks [G*2b, N] bool,
+    mask_indices_list [G, U] int32 (indices into the group's flattened [2b*N] masks; valid prefix
+    ascending, 0-padded), masks_weight [G, U] float32 (1/#masked of the token's crop, 0-padded),
+    n_masked_patches [G] int32. U = `upperbound`, default mask_upperbound(b, N, ...).
     """
     if not samples:
         raise ValueError("collate needs at least one sample")
-    B = len(samples)
+    if groups < 1 or len(samples) % groups:
+        raise ValueError(f"collate: {len(samples)} samples do not split into {groups} equal groups "
+                         "(per-device batches)")
+    b = len(samples) // groups
     n_tokens = mask_generator.num_patches
-    glob = _crop_major([s["global_crops"] for s in samples])
-    loc = _crop_major([s["local_crops"] for s in samples])
-    n_global = glob.shape[0]
-    masks = sample_masks(n_global, n_tokens, mask_generator, rng, mask_ratio_tuple, mask_probability)
+    chunks = [samples[g * b:(g + 1) * b] for g in range(groups)]
+    glob = np.concatenate([_crop_major([s["global_crops"] for s in c]) for c in chunks])
+    loc = np.concatenate([_crop_major([s["local_crops"] for s in c]) for c in chunks])
+    n_global = glob.shape[0] // groups
     if upperbound is None:
-        upperbound = mask_upperbound(B, n_tokens, mask_ratio_tuple, mask_probability, n_global // B)
-    flat = np.flatnonzero(masks)
-    n = flat.size
-    if n > upperbound:
-        raise RuntimeError(f"{n} masked tokens exceed the buffer size {upperbound}; upperbound must come "
-                           "from mask_upperbound() with the same batch size, N and mask ratios")
-    per_crop = masks.sum(-1).astype(np.float32)
-    weights = np.float32(1.0) / np.maximum(per_crop, np.float32(1.0))
-    indices = np.zeros(upperbound, np.int32)
-    indices[:n] = flat
-    masks_weight = np.zeros(upperbound, np.float32)
-    masks_weight[:n] = weights[flat // n_tokens]
+        upperbound = mask_upperbound(b, n_tokens, mask_ratio_tuple, mask_probability, n_global // b)
+    masks, indices, weights, counts = [], [], [], []
+    for _ in range(groups):
+        m = sample_masks(n_global, n_tokens, mask_generator, rng, mask_ratio_tuple, mask_probability)
+        flat = np.flatnonzero(m)
+        n = flat.size
+        if n > upperbound:
+            raise RuntimeError(f"{n} masked tokens exceed the buffer size {upperbound}; upperbound must come "
+                               "from mask_upperbound() with the same per-group batch size, N and mask ratios")
+        per_crop = np.float32(1.0) / np.maximum(m.sum(-1).astype(np.float32), np.float32(1.0))
+        idx = np.zeros(upperbound, np.int32)
+        idx[:n] = flat
+        w = np.zeros(upperbound, np.float32)
+        w[:n] = per_crop[flat // n_tokens]
+        masks.append(m)
+        indices.append(idx)
+        weights.append(w)
+        counts.append(n)
     # uint8 crops (photometric_on_device) stay uint8: the accelerator finishes them
     as_crops = (lambda a: a) if glob.dtype == np.uint8 else (lambda a: a.astype(np.float32, copy=False))
+    photometric = [_collate_photometric(c) for c in chunks]
     return {
         "collated_global_crops": as_crops(glob),
         "collated_local_crops": as_crops(loc),
-        "collated_masks": masks,
-        "mask_indices_list": indices,
-        "masks_weight": masks_weight,
-        "n_masked_patches": np.asarray(n, np.int32),
-        **_collate_photometric(samples),
+        "collated_masks": np.concatenate(masks),
+        "mask_indices_list": np.stack(indices),
+        "masks_weight": np.stack(weights),
+        "n_masked_patches": np.asarray(counts, np.int32),
+        **{k: np.concatenate([p[k] for p in photometric]) for k in photometric[0]},
     }
 
 

@@ -77,12 +77,14 @@ class _Collate:
     upperbound: int
     mask_ratio_tuple: tuple
     mask_probability: float
+    groups: int
 
     def __call__(self, samples):
         # element indices are unique over the infinite stream, so this seeds each batch differently
         rng = random.Random(f"dinov2_jax-masks:{self.seed}:{samples[0]['index']}")
         return collate(samples, mask_generator=self.mask_generator, rng=rng, upperbound=self.upperbound,
-                       mask_ratio_tuple=self.mask_ratio_tuple, mask_probability=self.mask_probability)
+                       mask_ratio_tuple=self.mask_ratio_tuple, mask_probability=self.mask_probability,
+                       groups=self.groups)
 
 
 def _cfg_get(cfg, path, default):
@@ -101,6 +103,19 @@ def default_batch_size_per_process(cfg, batch_size_per_process: int | None = Non
     import jax
 
     return int(cfg.train.batch_size_per_gpu) * jax.local_device_count()
+
+
+def groups_per_process(batch_size_per_process: int, groups: int | None = None) -> int:
+    """Per-device batches in one process's batch (default: one per local device). Each is collated,
+    masked and stochastically dropped on its own, as one GPU of the official code."""
+    if groups is None:
+        import jax
+
+        groups = jax.local_device_count()
+    if groups < 1 or batch_size_per_process % groups:
+        raise ValueError(f"batch of {batch_size_per_process} images per process does not split into {groups} "
+                         "per-device batches; use train.batch_size_per_gpu x local devices images per process")
+    return int(groups)
 
 
 def shuffled_stream(src, seed: int) -> grain.MapDataset:
@@ -123,7 +138,8 @@ def _check_some_readable(src, seed: int, probe: int = 16) -> None:
 
 def make_train_loader(cfg, *, seed: int | None = None, process_index: int | None = None,
                       process_count: int | None = None, batch_size_per_process: int | None = None,
-                      num_workers: int | None = None, source: Any = None, prefetch_buffer_size: int = 2):
+                      num_workers: int | None = None, source: Any = None, prefetch_buffer_size: int = 2,
+                      groups: int | None = None):
     """Infinite iterator of train batches (dict of numpy arrays, see docs/design.md "Batch").
 
     cfg: the SSL ConfigDict (uses train.dataset_path, train.seed, train.batch_size_per_gpu,
@@ -132,9 +148,9 @@ def make_train_loader(cfg, *, seed: int | None = None, process_index: int | None
     crops.photometric_on_device=True: the crops are uint8 and the batch also holds their photometric
     params (`collated_{global,local}_<param>`, see dinov2_jax/data/device_augment.py), which
     `device_augment.augment_batch` turns into the usual float32 batch on the accelerator.
-    batch_size_per_process: default train.batch_size_per_gpu x jax.local_device_count(); the iBOT
-    masks of a batch are stratified over all its 2B global crops (the official collate runs per GPU,
-    i.e. over 2 x batch_size_per_gpu crops; identical when one device per process).
+    batch_size_per_process: default train.batch_size_per_gpu x jax.local_device_count(); it is split
+    into `groups` per-device batches (default: one per local device), each collated and masked as one
+    GPU of the official code (`masking.collate`, group-major).
     process_index / process_count: default jax.process_index() / jax.process_count().
     Returns a grain iterator: `next(it)`, `it.get_state()`, `it.set_state(state)`.
     """
@@ -154,7 +170,8 @@ def make_train_loader(cfg, *, seed: int | None = None, process_index: int | None
     prob = float(_cfg_get(cfg, "ibot.mask_sample_probability", 0.5))
     # as the official train.py: blocks of >= 4 patches, at most half the grid per block
     gen = MaskingGenerator((grid, grid), max_num_patches=0.5 * n_tokens)
-    batch_fn = _Collate(gen, seed, mask_upperbound(B, n_tokens, ratio, prob), ratio, prob)
+    groups = groups_per_process(B, groups)
+    batch_fn = _Collate(gen, seed, mask_upperbound(B // groups, n_tokens, ratio, prob), ratio, prob, groups)
 
     # Augmentation RNGs and the attached index (which seeds the masks) come from the position in the
     # *global* stream, taken before the per-process slice: otherwise every process would draw the same
@@ -170,9 +187,10 @@ def make_train_loader(cfg, *, seed: int | None = None, process_index: int | None
     return iter(it_ds)
 
 
-def train_upperbound(cfg, batch_size_per_process: int | None = None) -> int:
-    """Static length of mask_indices_list / masks_weight for this config."""
+def train_upperbound(cfg, batch_size_per_process: int | None = None, groups: int | None = None) -> int:
+    """Static per-group length U of mask_indices_list / masks_weight `[G, U]` for this config."""
     B = default_batch_size_per_process(cfg, batch_size_per_process)
+    B //= groups_per_process(B, groups)
     grid = int(cfg.crops.global_crops_size) // int(cfg.student.patch_size)
     return mask_upperbound(B, grid * grid, tuple(_cfg_get(cfg, "ibot.mask_ratio_min_max", (0.1, 0.5))),
                            float(_cfg_get(cfg, "ibot.mask_sample_probability", 0.5)))

@@ -134,13 +134,13 @@ class DinoVisionTransformer(nnx.Module):
     def _remat_policy(self):
         return jax.checkpoint_policies.checkpoint_dots if self.remat == "dots" else None
 
-    def _run_block(self, i: int, x: jax.Array, key: jax.Array | None) -> jax.Array:
+    def _run_block(self, i: int, x: jax.Array, key: jax.Array | None, groups: int = 1) -> jax.Array:
         blk = self.blocks[i]
         if self.remat == "none":
-            return blk(x, key)
-        return nnx.remat(lambda m, y, k: m(y, k), policy=self._remat_policy())(blk, x, key)
+            return blk(x, key, groups)
+        return nnx.remat(lambda m, y, k: m(y, k, groups), policy=self._remat_policy())(blk, x, key)
 
-    def _scan_run(self, start: int, stop: int, x: jax.Array, keys: jax.Array | None) -> jax.Array:
+    def _scan_run(self, start: int, stop: int, x: jax.Array, keys: jax.Array | None, groups: int = 1) -> jax.Array:
         """Blocks [start, stop) (identical static config) as one `lax.scan` over stacked params."""
         graphdef = nnx.graphdef(self.blocks[start])
         states = [nnx.state(self.blocks[i]) for i in range(start, stop)]
@@ -148,14 +148,15 @@ class DinoVisionTransformer(nnx.Module):
 
         def step(y, xs):
             state, k = xs
-            return nnx.merge(graphdef, state)(y, k), None
+            return nnx.merge(graphdef, state)(y, k, groups), None
 
         if self.remat != "none":
             step = jax.checkpoint(step, policy=self._remat_policy())
         x, _ = jax.lax.scan(step, x, (stacked, None if keys is None else keys[start:stop]))
         return x
 
-    def _run_blocks(self, x: jax.Array, start: int, stop: int, keys: jax.Array | None) -> jax.Array:
+    def _run_blocks(self, x: jax.Array, start: int, stop: int, keys: jax.Array | None,
+                    groups: int = 1) -> jax.Array:
         """Blocks [start, stop); `keys` None (deterministic) or `[depth]` stochastic-depth keys."""
         i = start
         while i < stop:
@@ -164,17 +165,21 @@ class DinoVisionTransformer(nnx.Module):
                 while j < stop and self.drop_path_rates[j] == self.drop_path_rates[i]:
                     j += 1
             if j - i > 1:
-                x = self._scan_run(i, j, x, keys)
+                x = self._scan_run(i, j, x, keys, groups)
             else:
-                x = self._run_block(i, x, None if keys is None else keys[i])
+                x = self._run_block(i, x, None if keys is None else keys[i], groups)
             i = j
         return x
 
-    def forward_features(self, x: jax.Array, masks: jax.Array | None = None, *, key: jax.Array | None = None):
+    def forward_features(self, x: jax.Array, masks: jax.Array | None = None, *, key: jax.Array | None = None,
+                         batch_groups: int = 1):
         """x [B, H, W, C] -> dict: x_norm_clstoken [B, D], x_norm_regtokens [B, R, D],
         x_norm_patchtokens [B, N, D], x_prenorm [B, 1+R+N, D], masks (as given).
 
         key None: deterministic. key given: stochastic depth with the per-block drop rates.
+        batch_groups: the batch is that many per-device batches of contiguous rows; stochastic-depth
+        subsets are drawn within each (official: per GPU), so a mesh that shards whole groups keeps the
+        work on the device (see layers/drop_path.py).
         A list of image batches (official `forward_features_list`, e.g. global and local crops) returns
         a list of dicts; `masks` is then a list (entries may be None) and each batch gets its own
         stochastic-depth subsets, as the official nested-tensor path.
@@ -184,9 +189,11 @@ class DinoVisionTransformer(nnx.Module):
             if len(masks) != len(x):
                 raise ValueError(f"{len(x)} image batches but {len(masks)} masks entries.")
             keys = [None] * len(x) if key is None else list(jax.random.split(key, len(x)))
-            return [self.forward_features(xi, mi, key=ki) for xi, mi, ki in zip(x, masks, keys)]
+            return [self.forward_features(xi, mi, key=ki, batch_groups=batch_groups)
+                    for xi, mi, ki in zip(x, masks, keys)]
         t = self.prepare_tokens_with_masks(x, masks)
-        t = self._run_blocks(t, 0, self.n_blocks, None if key is None else jax.random.split(key, self.n_blocks))
+        t = self._run_blocks(t, 0, self.n_blocks, None if key is None else jax.random.split(key, self.n_blocks),
+                             batch_groups)
         t_norm = self.norm(t)
         r = self.num_register_tokens
         return {

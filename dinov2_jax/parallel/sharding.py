@@ -22,7 +22,6 @@ Paths are dotted strings built from pytree keys (`opt_state.0.mu.blocks.3.attn.q
 """
 from __future__ import annotations
 
-import functools
 import logging
 import math
 import re
@@ -236,61 +235,30 @@ def make_global_batch(local_batch: Mapping[str, Any], mesh: Mesh, replicated_key
     return out
 
 
-# DINOv2 batch (docs/design.md): per-example arrays stacked crop-major, and masked-token lists that
-# address the flattened [n_global_crops * B, N] mask array.
+# DINOv2 batch (docs/design.md): group-major, one group of crops, masks and masked-token lists per device.
 DINOV2_CROP_KEYS = ("collated_global_crops", "collated_local_crops", "collated_masks")
 DINOV2_MASK_KEYS = ("mask_indices_list", "masks_weight", "n_masked_patches")
 
 
-def process_major_to_crop_major(x, nproc: int, b_local: int):
-    """Rows [p, c, i] (process p's crop-major block, as `make_global_batch` lays them out) -> crop-major
-    rows c * (nproc * b_local) + p * b_local + i: the order one collate over all images gives."""
-    n_crops = x.shape[0] // (nproc * b_local)
-    x = x.reshape((nproc, n_crops, b_local) + x.shape[1:])
-    return x.swapaxes(0, 1).reshape((nproc * n_crops * b_local,) + x.shape[3:])
+def make_global_dinov2_batch(local_batch: Mapping[str, Any], mesh: Mesh) -> dict:
+    """Per-process DINOv2 batch (numpy, group-major over this process's devices) -> global batch.
 
-
-def make_global_dinov2_batch(local_batch: Mapping[str, Any], mesh: Mesh, n_global_crops: int = 2,
-                             crop_row_keys: Sequence[str] = ()) -> dict:
-    """Per-process DINOv2 batch (numpy, crop-major over this process's B_l images) -> global batch.
-
-    The result is what one process would have collated from all P * B_l images: crop-major rows
-    (`c * B + image`, images of process 0 first), split over ('data', 'fsdp'), and the masked-token
-    lists (`mask_indices_list`, `masks_weight`, `n_masked_patches`) recomputed for the global mask
-    array, with buffer size P x the per-process one (>= the global masked count since each process's
-    count fits its buffer). One process: the loader's arrays are used as they are (same values).
-    The per-process mask sampling is the official per-GPU one (spec 5.2, per process here).
-    `crop_row_keys`: further arrays with one row per crop in the crops' crop-major order (e.g. the
-    photometric params of `crops.photometric_on_device`); they get the crops' row order.
+    Every array's leading dim is per group (crop rows grouped per device batch, `[G, U]` masked-token
+    lists with group-local indices, `[G]` counts), so the global batch is the processes' batches one
+    after the other, split over ('data', 'fsdp') like any batch: each device gets whole groups and
+    nothing is recomputed or reordered. Each process's rows must be one contiguous block of the mesh
+    (`parallel.mesh.make_mesh` puts processes outermost).
     """
     missing = [k for k in DINOV2_CROP_KEYS + DINOV2_MASK_KEYS if k not in local_batch]
     if missing:
         raise KeyError(f"DINOv2 batch is missing {missing}; expected the keys of docs/design.md (Batch)")
-    nproc = jax.process_count()
-    if nproc == 1:
-        return make_global_batch(local_batch, mesh, replicated_keys=DINOV2_MASK_KEYS)
-    local = {k: np.asarray(v) for k, v in local_batch.items()}
-    n_rows_global = local["collated_global_crops"].shape[0]
-    if n_rows_global % n_global_crops:
-        raise ValueError(f"collated_global_crops has {n_rows_global} rows, not a multiple of {n_global_crops} crops")
-    b_local = n_rows_global // n_global_crops
-    crops = {}
-    row_keys = DINOV2_CROP_KEYS + tuple(crop_row_keys)
-    for k in row_keys:
-        v = local[k]
-        if v.shape[0] % b_local:
-            raise ValueError(f"{k} has {v.shape[0]} rows, not a multiple of the {b_local} images per process")
-        global_shape = (v.shape[0] * nproc,) + v.shape[1:]
-        _check_process_contiguous(mesh, global_shape, k)
-        # process-major: rows [p * L, (p + 1) * L) hold process p's crop-major slice
-        crops[k] = jax.make_array_from_process_local_data(batch_sharding(mesh), v, global_shape)
-    ub = local["mask_indices_list"].shape[0] * nproc
-    fix = _dinov2_globalizer(mesh, nproc, b_local, tuple(sorted(row_keys)), ub)
-    out = fix(crops)
-    for k, v in local.items():  # anything else: per-example arrays split on the leading dim
-        if k not in out:
-            out.update(make_global_batch({k: v}, mesh))
-    return out
+    if np.ndim(local_batch["n_masked_patches"]) != 1:
+        raise ValueError("n_masked_patches must be [G] (one count per device batch); collate with "
+                         "dinov2_jax.data.masking.collate(..., groups=local devices)")
+    if jax.process_count() > 1:
+        for k, v in local_batch.items():
+            _check_process_contiguous(mesh, (np.shape(v)[0] * jax.process_count(),) + np.shape(v)[1:], k)
+    return make_global_batch(local_batch, mesh)
 
 
 def _check_process_contiguous(mesh: Mesh, global_shape: tuple[int, ...], key: str) -> None:
@@ -307,30 +275,6 @@ def _check_process_contiguous(mesh: Mesh, global_shape: tuple[int, ...], key: st
             raise ValueError(
                 f"{key}: process {p} holds batch rows {sorted(blocks)}, not one contiguous block of {per}; "
                 f"build the mesh with dinov2_jax.parallel.mesh.make_mesh (processes outermost on 'data').")
-
-
-@functools.lru_cache(maxsize=16)
-def _dinov2_globalizer(mesh: Mesh, nproc: int, b_local: int, row_keys: tuple[str, ...], ub: int):
-    """jitted: process-major crop-row arrays -> crop-major global batch + recomputed mask lists."""
-
-    def fix(crops):
-        out = {k: process_major_to_crop_major(x, nproc, b_local) for k, x in crops.items()}
-        masks = out["collated_masks"]
-        n_tokens = masks.shape[1]
-        flat = masks.reshape(-1)
-        n = jax.numpy.sum(flat, dtype=jax.numpy.int32)
-        idx = jax.numpy.nonzero(flat, size=ub, fill_value=0)[0].astype(jax.numpy.int32)
-        per_crop = jax.numpy.sum(masks, axis=-1, dtype=jax.numpy.float32)
-        w = 1.0 / jax.numpy.maximum(per_crop, 1.0)
-        valid = jax.numpy.arange(ub) < n
-        out["mask_indices_list"] = idx
-        out["masks_weight"] = jax.numpy.where(valid, w[idx // n_tokens], 0.0).astype(jax.numpy.float32)
-        out["n_masked_patches"] = n
-        return out
-
-    shard = {k: batch_sharding(mesh) for k in row_keys}
-    shard.update({k: replicated(mesh) for k in DINOV2_MASK_KEYS})
-    return jax.jit(fix, out_shardings=shard)
 
 
 def bytes_per_device(tree: Any) -> dict[Any, int]:

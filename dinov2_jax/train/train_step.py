@@ -147,36 +147,56 @@ def create_train_state(cfg, key: jax.Array, *, mesh=None,
 
 # ---------------------------------------------------------------------------------------------------
 # step
-def _check_batch(batch, n_local: int):
+def _check_batch(batch, n_local: int) -> Tuple[int, int]:
+    """(groups G, images per group b) of a group-major batch (docs/design.md, Batch)."""
     missing = [k for k in BATCH_KEYS if k not in batch]
     if missing:
         raise KeyError(f"batch is missing {missing}; expected the keys of docs/design.md (Batch)")
+    idx = batch["mask_indices_list"]
+    if idx.ndim != 2 or batch["masks_weight"].shape != idx.shape or batch["n_masked_patches"].shape != idx.shape[:1]:
+        raise ValueError(f"mask_indices_list and masks_weight must be [G, U] and n_masked_patches [G] (one row "
+                         f"per device batch), got {idx.shape}, {batch['masks_weight'].shape} and "
+                         f"{batch['n_masked_patches'].shape}; collate with dinov2_jax.data.masking.collate")
+    G = idx.shape[0]
     g = batch["collated_global_crops"]
-    if g.ndim != 4 or g.shape[0] % N_GLOBAL_CROPS:
-        raise ValueError(f"collated_global_crops must be [2B, S, S, 3], got {g.shape}")
-    b = g.shape[0] // N_GLOBAL_CROPS
+    if g.ndim != 4 or g.shape[0] % (N_GLOBAL_CROPS * G):
+        raise ValueError(f"collated_global_crops must be [G*2*b, S, S, 3] with G={G} groups, got {g.shape}")
+    b = g.shape[0] // (N_GLOBAL_CROPS * G)
     loc = batch["collated_local_crops"]
-    if loc.shape[0] != n_local * b:
-        raise ValueError(f"collated_local_crops has {loc.shape[0]} rows, expected crops.local_crops_number "
-                         f"({n_local}) x B ({b})")
-    if batch["collated_masks"].shape[0] != 2 * b:
-        raise ValueError(f"collated_masks must be [2B, N] with 2B={2 * b}, got {batch['collated_masks'].shape}")
-    u = batch["mask_indices_list"].shape
-    if len(u) != 1 or batch["masks_weight"].shape != u:
-        raise ValueError(f"mask_indices_list and masks_weight must both be [upperbound], got {u} and "
-                         f"{batch['masks_weight'].shape}")
-    return b
+    if loc.shape[0] != n_local * b * G:
+        raise ValueError(f"collated_local_crops has {loc.shape[0]} rows, expected G ({G}) x "
+                         f"crops.local_crops_number ({n_local}) x b ({b})")
+    if batch["collated_masks"].shape[0] != g.shape[0]:
+        raise ValueError(f"collated_masks must be [G*2*b, N] = [{g.shape[0]}, N], got {batch['collated_masks'].shape}")
+    return G, b
+
+
+def _crop_major(x: jax.Array, G: int, n_crops: int) -> jax.Array:
+    """Group-major rows [G, n_crops, b, ...] -> crop-major [n_crops, G*b, ...] (image order kept)."""
+    x = x.reshape((G, n_crops, -1) + x.shape[1:])
+    return jnp.swapaxes(x, 0, 1).reshape((n_crops, -1) + x.shape[3:])
+
+
+def _gather_masked(patches: jax.Array, idx: jax.Array) -> jax.Array:
+    """patches [G*2b, N, D], idx [G, U] (into each group's flat [2b*N] tokens) -> [G*U, D].
+
+    Per group, so a mesh that shards whole groups gathers on the device that holds them."""
+    G, U = idx.shape
+    flat = patches.reshape((G, -1, patches.shape[-1]))
+    return jnp.take_along_axis(flat, idx[..., None], axis=1).reshape(G * U, -1)
 
 
 def make_train_step(cfg, *, arch_overrides: Optional[Dict[str, Any]] = None,
-                    frozen_teacher: Optional[bool] = None,
-                    num_groups: Optional[int] = None) -> Callable:
+                    frozen_teacher: Optional[bool] = None) -> Callable:
     """Returns the pure `train_step(state, batch, hparams) -> (state, metrics)` (wrap it in jax.jit).
 
+    The batch is group-major (docs/design.md, Batch): G per-device batches of b images, each laid out
+    and masked as one GPU of the official code. Everything the official code does per GPU is done per
+    group (stochastic-depth subsets, masked-token gather and head, KoLeo, iBOT center), so on a mesh
+    that splits the groups over devices that work stays on the devices; the official all-reduces
+    (DINO center, Sinkhorn sums, gradients) are global sums. One group is the single-GPU case.
     frozen_teacher: skip the EMA update (distillation from a pretrained teacher). Default:
       `teacher.pretrained_weights` is set.
-    num_groups: data-parallel shards for the per-GPU quantities (KoLeo, iBOT center). Default: global
-      batch / `train.batch_size_per_gpu`, i.e. exactly the official per-GPU batches.
     hparams: {"lr", "wd", "mom", "teacher_temp", "last_layer_lr"} float32 scalars.
     metrics: dino_local_crops_loss, dino_global_crops_loss, koleo_loss (displayed /2), ibot_loss (/2),
       total_loss (sum of the displayed values, as official), loss (the optimised value),
@@ -206,32 +226,19 @@ def make_train_step(cfg, *, arch_overrides: Optional[Dict[str, Any]] = None,
     n_global_terms = (N_GLOBAL_CROPS - 1) * N_GLOBAL_CROPS
     n_terms = n_local_terms + n_global_terms
     clip = float(cfg.optim.clip_grad or 0.0)
-    bs_per_gpu = int(cfg.train.batch_size_per_gpu)
 
-    def groups_for(b: int) -> int:
-        if num_groups is not None:
-            g = int(num_groups)
-        else:
-            if b % bs_per_gpu:
-                raise ValueError(f"global batch {b} is not a multiple of train.batch_size_per_gpu={bs_per_gpu}; "
-                                 "pass num_groups= to make_train_step")
-            g = b // bs_per_gpu
-        if b % g:
-            raise ValueError(f"batch {b} does not split into num_groups={g} equal shards")
-        return g
-
-    def teacher_targets(state: TrainState, batch, temp, valid, group_ids, G):
+    def teacher_targets(state: TrainState, batch, temp, valid, G):
         tp = state.teacher
         bb = _merge(t_graph["backbone"], tp["backbone"])
         out = bb.forward_features(batch["collated_global_crops"])  # eval: no masks, no drop path
-        cls = out["x_norm_clstoken"]  # [2B, D]
-        b = cls.shape[0] // 2
-        cls = jnp.concatenate([cls[b:], cls[:b]], axis=0)  # swapped: student crop 1 <-> teacher crop 2
-        patches = out["x_norm_patchtokens"]
-        flat = patches.reshape(-1, patches.shape[-1])
+        cls = out["x_norm_clstoken"]  # [G*2b, D]
+        # swapped within each group: student crop 1 <-> teacher crop 2
+        cls = cls.reshape((G, N_GLOBAL_CROPS, -1, cls.shape[-1]))[:, ::-1].reshape(-1, cls.shape[-1])
         # zero buffer rows past n_masked, like the official zero-initialised buffer
-        buf = jnp.where(valid[:, None], flat[batch["mask_indices_list"]], 0).astype(flat.dtype)
+        buf = _gather_masked(out["x_norm_patchtokens"], batch["mask_indices_list"])
+        buf = jnp.where(valid[:, None], buf, 0).astype(buf.dtype)
         dino_head = _merge(t_graph["dino_head"], tp["dino_head"])
+        n_cls = cls.shape[0]
         if not do_ibot:
             t_cls, t_patch = dino_head(cls), None
         elif separate:
@@ -239,7 +246,7 @@ def make_train_step(cfg, *, arch_overrides: Optional[Dict[str, Any]] = None,
             t_patch = _merge(t_graph["ibot_head"], tp["ibot_head"])(buf)
         else:
             both = dino_head(jnp.concatenate([cls, buf], axis=0))
-            t_cls, t_patch = both[: 2 * b], both[2 * b:]
+            t_cls, t_patch = both[:n_cls], both[n_cls:]
         t_cls = t_cls.astype(jnp.float32)
         dino_c, ibot_c = state.dino_center, state.ibot_center
         p_patch = None
@@ -251,35 +258,34 @@ def make_train_step(cfg, *, arch_overrides: Optional[Dict[str, Any]] = None,
                 t_patch = t_patch.astype(jnp.float32)
                 ibot_c = C.apply_pending(ibot_c)
                 p_patch = C.softmax_centered(t_patch, ibot_c.center, temp)
+                group_ids = jnp.repeat(jnp.arange(G), valid.shape[0] // G)
                 ibot_c = C.set_pending(ibot_c, C.ibot_batch_center(t_patch, valid, group_ids, G))
         else:
             p_cls = C.sinkhorn_knopp(t_cls, temp)
             if do_ibot:
                 p_patch = C.sinkhorn_knopp(t_patch.astype(jnp.float32), temp, valid=valid)
-        p_cls = jax.lax.stop_gradient(p_cls).reshape(N_GLOBAL_CROPS, b, -1)
+        p_cls = jax.lax.stop_gradient(p_cls)  # [G*2b, K], rows aligned with the student's global crops
         if p_patch is not None:
             p_patch = jax.lax.stop_gradient(p_patch)
         return p_cls, p_patch, dino_c, ibot_c
 
     def loss_fn(student, batch, p_cls, p_patch, valid, key, G):
         g_crops = batch["collated_global_crops"]
-        b = g_crops.shape[0] // 2
+        n_img = g_crops.shape[0] // N_GLOBAL_CROPS  # all groups
         k_g, k_l = jax.random.split(key)
         bb = _merge(s_graph["backbone"], student["backbone"])
         dino_head = _merge(s_graph["dino_head"], student["dino_head"])
-        g_out = bb.forward_features(g_crops, batch["collated_masks"], key=k_g)
-        g_cls = g_out["x_norm_clstoken"]  # [2B, D]
+        g_out = bb.forward_features(g_crops, batch["collated_masks"], key=k_g, batch_groups=G)
+        g_cls = g_out["x_norm_clstoken"]  # [G*2b, D]
         head_in = [g_cls]
         if n_local > 0:
-            l_cls = bb.forward_features(batch["collated_local_crops"], key=k_l)["x_norm_clstoken"]  # [nL*B, D]
-            head_in.insert(0, l_cls)
+            l_cls = bb.forward_features(batch["collated_local_crops"], key=k_l, batch_groups=G)["x_norm_clstoken"]
+            head_in.insert(0, l_cls)  # [G*nL*b, D]
         if do_ibot:
-            patches = g_out["x_norm_patchtokens"]
-            flat = patches.reshape(-1, patches.shape[-1])
-            # Padded rows keep the token at index 0 instead of the official zeros: their loss terms are
-            # masked out either way (zero gradient), and an all-zero row would hit the L2-normalisation
-            # at ||x|| = 0, whose derivative is 0 * inf = NaN under autodiff.
-            buf = flat[batch["mask_indices_list"]]
+            # Padded rows keep the group's first token instead of the official zeros: their loss terms
+            # are masked out either way (zero gradient), and an all-zero row would hit the
+            # L2-normalisation at ||x|| = 0, whose derivative is 0 * inf = NaN under autodiff.
+            buf = _gather_masked(g_out["x_norm_patchtokens"], batch["mask_indices_list"])
             if not separate:
                 head_in.append(buf)
         # one head call on all rows (the official packed call; the head is token-wise)
@@ -299,17 +305,18 @@ def make_train_step(cfg, *, arch_overrides: Optional[Dict[str, Any]] = None,
         parts = {}
         total = 0.0
         if n_local > 0:
-            parts["dino_local_crops_loss"] = dino_loss(s_local.reshape(n_local, b, -1), p_cls) / n_terms
+            parts["dino_local_crops_loss"] = dino_loss(_crop_major(s_local, G, n_local),
+                                                       _crop_major(p_cls, G, N_GLOBAL_CROPS)) / n_terms
             total += w_dino * parts["dino_local_crops_loss"]
-        parts["dino_global_crops_loss"] = dino_loss(s_global[None], p_cls.reshape(1, 2 * b, -1)) * 2 / n_terms
+        parts["dino_global_crops_loss"] = dino_loss(s_global[None], p_cls[None]) * 2 / n_terms
         total += w_dino * parts["dino_global_crops_loss"]
         if do_koleo:
-            # per global crop (never across the two crops of an image), per data-parallel shard
-            koleo = w_koleo * sum(koleo_loss(g_cls[c * b:(c + 1) * b], G) for c in range(N_GLOBAL_CROPS))
+            # per global crop (never across the two crops of an image), per group (official: per GPU)
+            koleo = w_koleo * sum(koleo_loss(crop, G) for crop in _crop_major(g_cls, G, N_GLOBAL_CROPS))
             total += koleo
             parts["koleo_loss"] = koleo / 2  # displayed as official
         if do_ibot:
-            ibot = ibot_masked_loss(s_patch, p_patch, batch["masks_weight"], batch["n_masked_patches"], 2 * b)
+            ibot = ibot_masked_loss(s_patch, p_patch, batch["masks_weight"].reshape(-1), valid, 2 * n_img)
             ibot = ibot * 2 * (1.0 / N_GLOBAL_CROPS)
             total += w_ibot * ibot
             parts["ibot_loss"] = ibot / 2
@@ -319,17 +326,14 @@ def make_train_step(cfg, *, arch_overrides: Optional[Dict[str, Any]] = None,
         missing = [k for k in HPARAM_KEYS if k not in hparams]
         if missing:
             raise KeyError(f"hparams missing {missing}; use dinov2_jax.train.schedules.hparams_at")
-        b = _check_batch(batch, n_local)
-        G = groups_for(b)
+        G, _ = _check_batch(batch, n_local)
         hp = {k: jnp.asarray(hparams[k], jnp.float32) for k in HPARAM_KEYS}
-        u = batch["mask_indices_list"].shape[0]
-        n_masked = jnp.asarray(batch["n_masked_patches"], jnp.int32).reshape(())
+        u = batch["mask_indices_list"].shape[1]
+        n_masked = jnp.asarray(batch["n_masked_patches"], jnp.int32)
         batch = dict(batch, n_masked_patches=n_masked, mask_indices_list=batch["mask_indices_list"].astype(jnp.int32))
-        valid = jnp.arange(u) < n_masked
-        n_tok = batch["collated_masks"].shape[1]
-        group_ids = ((batch["mask_indices_list"] // n_tok) % b) // (b // G)  # data shard of each masked row
+        valid = (jnp.arange(u)[None, :] < n_masked[:, None]).reshape(-1)  # [G*U]
 
-        p_cls, p_patch, dino_c, ibot_c = teacher_targets(state, batch, hp["teacher_temp"], valid, group_ids, G)
+        p_cls, p_patch, dino_c, ibot_c = teacher_targets(state, batch, hp["teacher_temp"], valid, G)
         rng, k_step = jax.random.split(state.rng)
         (loss, parts), grads = jax.value_and_grad(loss_fn, has_aux=True)(
             state.student, batch, p_cls, p_patch, valid, k_step, G)
@@ -342,7 +346,7 @@ def make_train_step(cfg, *, arch_overrides: Optional[Dict[str, Any]] = None,
         metrics["total_loss"] = sum(parts.values())
         metrics["loss"] = loss
         metrics.update({f"grad_norm/{k}": v for k, v in norms.items()})
-        metrics["n_masked_patches"] = n_masked
+        metrics["n_masked_patches"] = jnp.sum(n_masked)
         return new_state, metrics
 
     return train_step

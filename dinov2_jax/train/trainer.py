@@ -239,13 +239,11 @@ def _loss_of(metrics: dict[str, float]) -> float:
 def _put_batch(batch: dict, mesh) -> dict:
     if mesh is None:
         return jax.device_put(batch)
-    from dinov2_jax.data.device_augment import is_param_key
     from dinov2_jax.parallel.sharding import make_global_dinov2_batch
 
-    # Crop-major rows and masked-token lists of the *global* batch (a plain concatenation of the
-    # processes' batches would pair crops of different images and keep per-process mask indices);
-    # the photometric params of crops.photometric_on_device get the same row order.
-    return make_global_dinov2_batch(batch, mesh, crop_row_keys=[k for k in batch if is_param_key(k)])
+    # group-major: the processes' batches (and photometric params) one after the other, whole groups
+    # per device
+    return make_global_dinov2_batch(batch, mesh)
 
 
 def build_mesh(cfg: ml_collections.ConfigDict):

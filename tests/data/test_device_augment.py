@@ -12,7 +12,6 @@ from dinov2_jax.data import augmentations as A
 from dinov2_jax.data import device_augment as D
 from dinov2_jax.data.masking import MaskingGenerator, collate
 from dinov2_jax.data.pipeline import make_train_loader
-from dinov2_jax.parallel.sharding import process_major_to_crop_major
 
 ONE_LEVEL = 1 / 255 / A.IMAGENET_STD.min()  # one uint8 level after normalisation
 
@@ -215,24 +214,6 @@ def test_loader_flag_yields_uint8_and_params_matching_host_batches():
         assert out[k].dtype == jnp.float32 and d.max() <= ONE_LEVEL + 1e-5, (k, d.max())
 
 
-def test_process_major_to_crop_major_matches_one_global_collate():
-    """Params of 2 processes concatenated (make_global_batch) -> the order of one collate over all images."""
-    rng = np.random.default_rng(0)
-    aug = _aug(True, n_local=3)
-    samples = [aug(_images(1, 50, 60, seed=s)[0], rng) for s in range(4)]
-    mg = MaskingGenerator((4, 4), max_num_patches=8)
-
-    def col(s):
-        return collate(s, mask_generator=mg, rng=random.Random(0))
-
-    whole = col(samples)
-    per_proc = [col(samples[:2]), col(samples[2:])]
-    for part in ("global", "local"):
-        for k in [A.batch_param_key(part, p) for p in A.PHOTOMETRIC_PARAM_KEYS] + [f"collated_{part}_crops"]:
-            cat = np.concatenate([p[k] for p in per_proc])
-            np.testing.assert_array_equal(process_major_to_crop_major(cat, 2, 2), whole[k], err_msg=k)
-
-
 _SHARDED_CHECK = """
 import json, random
 import jax, jax.numpy as jnp, numpy as np
@@ -247,7 +228,7 @@ aug = A.DataAugmentationDINO(global_crops_size=40, local_crops_size=20, local_cr
 rng = np.random.default_rng(0)
 imgs = np.random.default_rng(1).integers(0, 256, (4, 50, 60, 3), dtype=np.uint8)
 batch = collate([aug(im, rng) for im in imgs], mask_generator=MaskingGenerator((5, 5), max_num_patches=12),
-                rng=random.Random(0))
+                rng=random.Random(0), groups=2)  # one group per device
 mesh = make_mesh(get_config().mesh)
 out = jax.jit(D.augment_batch)(_put_batch(batch, mesh))
 ref = jax.jit(D.augment_batch)({k: jnp.asarray(v) for k, v in batch.items()})

@@ -125,10 +125,12 @@ def test_collate_matches_spec_reference_and_invariants(B, g):
     for seed in range(5):
         out = collate(samples, mask_generator=gen, rng=random.Random(seed))
         G, L, M, idx, w, ub = _reference_collate(samples, random.Random(seed), gen, N)
+        assert out["n_masked_patches"].shape == (1,) and out["n_masked_patches"].dtype == np.int32
+        assert out["mask_indices_list"].shape == (1, ub) and out["mask_indices_list"].dtype == np.int32
+        assert out["masks_weight"].shape == (1, ub) and out["masks_weight"].dtype == np.float32
+        out = dict(out, n_masked_patches=out["n_masked_patches"][0], mask_indices_list=out["mask_indices_list"][0],
+                   masks_weight=out["masks_weight"][0])  # one group: the official single-GPU collate
         n = int(out["n_masked_patches"])
-        assert out["n_masked_patches"].shape == () and out["n_masked_patches"].dtype == np.int32
-        assert out["mask_indices_list"].shape == (ub,) and out["mask_indices_list"].dtype == np.int32
-        assert out["masks_weight"].shape == (ub,) and out["masks_weight"].dtype == np.float32
         assert ub == mask_upperbound(B, N) >= n
         np.testing.assert_array_equal(out["collated_global_crops"], G)
         np.testing.assert_array_equal(out["collated_local_crops"], L)
@@ -175,8 +177,9 @@ def test_golden_official_collate():
                     "local_crops": np.stack([np.full((1, 1, 3), 100 + 10 * b + c, np.float32)
                                              for c in range(n_local)])} for b in range(B)]
         out = collate(samples, mask_generator=gen, rng=random.Random(int(seed)))
+        out = dict(out, mask_indices_list=out["mask_indices_list"][0], masks_weight=out["masks_weight"][0])
         n = int(g[f"{key}/n_masked"][0])
-        assert int(out["n_masked_patches"]) == n
+        assert out["n_masked_patches"].tolist() == [n]
         assert out["mask_indices_list"].shape[0] == int(g[f"{key}/upperbound"]) == mask_upperbound(int(B), int(N))
         np.testing.assert_array_equal(out["collated_global_crops"], g[f"{key}/global"].transpose(0, 2, 3, 1))
         np.testing.assert_array_equal(out["collated_local_crops"], g[f"{key}/local"].transpose(0, 2, 3, 1))
@@ -196,3 +199,30 @@ def test_collate_rejects_small_buffer():
     gen = MaskingGenerator((14, 14), max_num_patches=98)
     with pytest.raises(RuntimeError, match="mask_upperbound"):
         collate(_samples(4), mask_generator=gen, rng=random.Random(0), upperbound=3)
+
+
+def test_groups_are_independent_per_device_collates():
+    """groups=G: the batch is G official single-GPU collates one after the other (group-major), each with
+    its own masks, buffer of mask_upperbound(B/G) rows and group-local indices; masks drawn in group order
+    from the one rng."""
+    B, G, g = 6, 3, 7
+    N = g * g
+    gen = MaskingGenerator((g, g), max_num_patches=0.5 * N)
+    samples = _samples(B)
+    out = collate(samples, mask_generator=gen, rng=random.Random(5), groups=G)
+    ub = mask_upperbound(B // G, N)
+    assert out["mask_indices_list"].shape == (G, ub) and out["n_masked_patches"].shape == (G,)
+    rng = random.Random(5)
+    b = B // G
+    for k in range(G):
+        ref = collate(samples[k * b:(k + 1) * b], mask_generator=gen, rng=rng)  # continues the same rng
+        for key in ("collated_global_crops", "collated_masks"):
+            np.testing.assert_array_equal(out[key][k * 2 * b:(k + 1) * 2 * b], ref[key], err_msg=key)
+        np.testing.assert_array_equal(out["collated_local_crops"][k * 2 * b:(k + 1) * 2 * b],
+                                      ref["collated_local_crops"])  # 2 local crops per image here
+        for key in ("mask_indices_list", "masks_weight", "n_masked_patches"):
+            np.testing.assert_array_equal(out[key][k], ref[key][0], err_msg=key)
+        # exactly half of each group's crops are masked (official per-GPU stratification)
+        assert (out["collated_masks"][k * 2 * b:(k + 1) * 2 * b].sum(1) > 0).sum() == b
+    with pytest.raises(ValueError, match="equal groups"):
+        collate(samples, mask_generator=gen, rng=random.Random(0), groups=4)

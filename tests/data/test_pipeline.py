@@ -64,9 +64,9 @@ def test_batch_contract_and_determinism(folder):
         assert b["collated_global_crops"].shape == (2 * B, 32, 32, 3) and b["collated_global_crops"].dtype == np.float32
         assert b["collated_local_crops"].shape == (2 * B, 16, 16, 3)
         assert b["collated_masks"].shape == (2 * B, 16) and b["collated_masks"].dtype == bool
-        assert b["mask_indices_list"].shape == (ub,) and b["masks_weight"].shape == (ub,)
-        n = int(b["n_masked_patches"])
-        np.testing.assert_array_equal(b["mask_indices_list"][:n], np.flatnonzero(b["collated_masks"]))
+        assert b["mask_indices_list"].shape == (1, ub) and b["masks_weight"].shape == (1, ub)  # 1 device: 1 group
+        n = int(b["n_masked_patches"][0])
+        np.testing.assert_array_equal(b["mask_indices_list"][0, :n], np.flatnonzero(b["collated_masks"]))
         # 4x4 grid: targets int(16 * ratio) can be < the 4-patch minimum block, so <= B crops get a mask
         assert 1 <= (b["collated_masks"].sum(1) > 0).sum() <= B
     again = _take(make_train_loader(cfg, process_index=0, process_count=1, batch_size_per_process=B,
@@ -75,6 +75,16 @@ def test_batch_contract_and_determinism(folder):
     other = next(make_train_loader(cfg, seed=4, process_index=0, process_count=1, batch_size_per_process=B,
                                    num_workers=0))
     assert not np.array_equal(other["collated_global_crops"], batches[0]["collated_global_crops"])
+    # 2 per-device groups of 2 images: each group masked on its own, group-local indices
+    two = next(make_train_loader(cfg, process_index=0, process_count=1, batch_size_per_process=B, num_workers=0,
+                                 groups=2))
+    assert two["mask_indices_list"].shape == (2, train_upperbound(cfg, B, groups=2)) == (2, mask_upperbound(2, 16))
+    for k in range(2):
+        n = int(two["n_masked_patches"][k])
+        np.testing.assert_array_equal(two["mask_indices_list"][k, :n],
+                                      np.flatnonzero(two["collated_masks"][4 * k:4 * (k + 1)]))
+    with pytest.raises(ValueError, match="per-device batches"):
+        make_train_loader(cfg, process_index=0, process_count=1, batch_size_per_process=B, num_workers=0, groups=3)
 
 
 @pytest.mark.parametrize("num_workers", [0, 2])

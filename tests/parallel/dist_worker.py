@@ -9,9 +9,9 @@ Checks, printing `CHECK name value` lines and `WORKER_OK` at the end:
    same step run by this process alone on the full batch (device 0);
 3. a sharded Orbax checkpoint written after 2 steps, restored onto the same shardings, continues to
    the same state as the uninterrupted run;
-4. make_global_dinov2_batch: per-process DINOv2 batches -> the crop-major global batch and mask lists
-   that one process collating all images would produce (+ `crop_row_keys`: the
-   photometric_on_device param rows follow their crops).
+4. make_global_dinov2_batch: per-process group-major DINOv2 batches (one collated group per device,
+   photometric_on_device params included) -> the global batch is their concatenation and every device
+   holds whole groups.
 """
 import os
 import sys
@@ -110,62 +110,46 @@ def main(out_dir):
                                  for a, b in zip(jax.tree.leaves(gather(restored)), jax.tree.leaves(final))))
     mngr.close()
 
-    # ---- 4: DINOv2 batch assembly
-    B_l, nL, N, S, s = 2, 3, 16, 8, 4
+    # ---- 4: DINOv2 batch assembly (group-major: one collated group per device)
+    import random
+
+    from dinov2_jax.data.masking import MaskingGenerator, collate
+
+    b, nL, grid = 2, 3, 4
+
+    from dinov2_jax.data.augmentations import PHOTOMETRIC_PARAM_KEYS
+
+    def params(n, marker):  # photometric_on_device params; blur_sigma marks (process, image, crop)
+        out = {k: np.zeros((n, 4) if k == "jitter_order" else (n, 3) if k == "jitter_factors" else (n,))
+               for k in PHOTOMETRIC_PARAM_KEYS}
+        out["blur_sigma"] = (marker + np.arange(n)).astype(np.float32)
+        return out
 
     def local_batch(p):
         r = np.random.default_rng(100 + p)
-        masks = r.random((2 * B_l, N)) < 0.3
-        masks[0] = False  # an unmasked crop
-        ub = 2 * B_l * N // 2
-        flat = np.flatnonzero(masks)
-        idx = np.zeros(ub, np.int32)
-        idx[:flat.size] = flat
-        w = np.zeros(ub, np.float32)
-        w[:flat.size] = (np.float32(1) / np.maximum(masks.sum(-1), 1).astype(np.float32))[flat // N]
-        return {"collated_global_crops": r.standard_normal((2 * B_l, S, S, 3)).astype(np.float32),
-                "collated_local_crops": r.standard_normal((nL * B_l, s, s, 3)).astype(np.float32),
-                "collated_masks": masks, "mask_indices_list": idx, "masks_weight": w,
-                "n_masked_patches": np.int32(flat.size)}
+        samples = [{"global_crops": r.standard_normal((2, 8, 8, 3)).astype(np.float32),
+                    "local_crops": r.standard_normal((nL, 4, 4, 3)).astype(np.float32),
+                    "global_photometric": params(2, 1000 * p + 10 * i),
+                    "local_photometric": params(nL, 1000 * p + 10 * i)}
+                   for i in range(jax.local_device_count() * b)]
+        return collate(samples, mask_generator=MaskingGenerator((grid, grid), max_num_patches=8),
+                       rng=random.Random(p), groups=jax.local_device_count())
 
     g = make_global_dinov2_batch(local_batch(pid), mesh)
     parts = [local_batch(p) for p in range(nproc)]
-    ok = True
-    for k, nc in (("collated_global_crops", 2), ("collated_local_crops", nL), ("collated_masks", 2)):
-        # crop-major over all images: crop c of image (p, b) at row c * (P * B_l) + p * B_l + b
-        want = np.concatenate([np.concatenate([q[k][c * B_l:(c + 1) * B_l] for q in parts]) for c in range(nc)])
+    for k in parts[0]:
+        # the processes' batches one after the other: no reordering, no recomputed mask lists
+        want = np.concatenate([q[k] for q in parts])
         got = np.asarray(multihost_utils.process_allgather(g[k], tiled=True))
-        ok &= np.array_equal(got, want)
-        check(f"dinov2_{k}_equal", np.array_equal(got, want))
-    gm = np.concatenate([np.concatenate([q["collated_masks"][c * B_l:(c + 1) * B_l] for q in parts]) for c in range(2)])
-    flat = np.flatnonzero(gm)
-    ub = parts[0]["mask_indices_list"].shape[0] * nproc
-    want_idx = np.zeros(ub, np.int32)
-    want_idx[:flat.size] = flat
-    want_w = np.zeros(ub, np.float32)
-    want_w[:flat.size] = (np.float32(1) / np.maximum(gm.sum(-1), 1).astype(np.float32))[flat // N]
-    got_idx = np.asarray(multihost_utils.process_allgather(g["mask_indices_list"], tiled=True))
-    got_w = np.asarray(multihost_utils.process_allgather(g["masks_weight"], tiled=True))
-    check("dinov2_mask_indices_equal", np.array_equal(got_idx, want_idx))
-    check("dinov2_masks_weight_equal", np.array_equal(got_w, want_w))
-    check("dinov2_n_masked_equal", int(g["n_masked_patches"]) == flat.size)
-    # photometric params (crops.photometric_on_device) must end up in the same rows as their crops
-    def with_params(p):
-        batch = local_batch(p)
-        for c, n in (("global", 2 * B_l), ("local", nL * B_l)):
-            batch[f"collated_{c}_blur_sigma"] = (1000 * p + np.arange(n)).astype(np.float32)  # (process, row)
-            batch[f"collated_{c}_gray"] = (np.arange(n) + p) % 2 == 0
-        return batch
-
-    param_keys = [f"collated_{c}_{name}" for c in ("global", "local") for name in ("blur_sigma", "gray")]
-    gp = make_global_dinov2_batch(with_params(pid), mesh, crop_row_keys=param_keys)
-    parts = [with_params(p) for p in range(nproc)]
-    for c, nc in (("global", 2), ("local", nL)):
-        for name in ("blur_sigma", "gray"):
-            k = f"collated_{c}_{name}"
-            want = np.concatenate([np.concatenate([q[k][i * B_l:(i + 1) * B_l] for q in parts]) for i in range(nc)])
-            got = np.asarray(multihost_utils.process_allgather(gp[k], tiled=True))
-            check(f"dinov2_param_{c}_{name}_rows_follow_crops", np.array_equal(got, want))
+        check(f"dinov2_{k}_is_process_concat", np.array_equal(got, want))
+    # every device holds whole groups: its rows of each per-group array are exactly one group
+    n_groups = nproc * jax.local_device_count()
+    for k in ("collated_global_crops", "collated_local_crops", "mask_indices_list", "collated_global_blur_sigma"):
+        rows_per_group = g[k].shape[0] // n_groups
+        starts = {sh.index[0].start or 0 for sh in g[k].addressable_shards}
+        sizes = {sh.data.shape[0] for sh in g[k].addressable_shards}
+        check(f"dinov2_{k}_whole_groups_per_device", sizes == {rows_per_group}
+              and all(st % rows_per_group == 0 for st in starts))
     # per-process mask lists passed as "replicated" would silently differ per device: must raise
     try:
         make_global_batch(local_batch(pid), mesh, replicated_keys=("mask_indices_list",))

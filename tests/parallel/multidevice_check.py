@@ -134,24 +134,18 @@ def mlp_case(mesh):
     return res
 
 
-def dino_batch(rng, B, n_local, g_size, l_size, patch, mask_ub):
-    """A DINOv2 batch (docs/design.md layout) with random crops and masks on half of the global crops."""
-    n_tok = (g_size // patch) ** 2
-    masks = np.zeros((2 * B, n_tok), bool)
-    for i in rng.permutation(2 * B)[:B]:
-        masks[i, rng.permutation(n_tok)[: rng.integers(1, n_tok // 2 + 1)]] = True
-    flat = np.flatnonzero(masks)
-    assert flat.size <= mask_ub
-    idx = np.zeros(mask_ub, np.int32)
-    idx[: flat.size] = flat
-    w = np.zeros(mask_ub, np.float32)
-    w[: flat.size] = (np.float32(1) / np.maximum(masks.sum(-1), 1).astype(np.float32))[flat // n_tok]
-    return {
-        "collated_global_crops": rng.standard_normal((2 * B, g_size, g_size, 3)).astype(np.float32),
-        "collated_local_crops": rng.standard_normal((n_local * B, l_size, l_size, 3)).astype(np.float32),
-        "collated_masks": masks, "mask_indices_list": idx, "masks_weight": w,
-        "n_masked_patches": np.asarray(flat.size, np.int32),
-    }
+def dino_batch(rng, B, n_local, g_size, l_size, patch, groups):
+    """A DINOv2 batch (docs/design.md layout): random crops, official-recipe masks, `groups` device batches."""
+    import random
+
+    from dinov2_jax.data.masking import MaskingGenerator, collate
+
+    grid = g_size // patch
+    samples = [{"global_crops": rng.standard_normal((2, g_size, g_size, 3)).astype(np.float32),
+                "local_crops": rng.standard_normal((n_local, l_size, l_size, 3)).astype(np.float32)}
+               for _ in range(B)]
+    return collate(samples, mask_generator=MaskingGenerator((grid, grid), max_num_patches=grid * grid // 2),
+                   rng=random.Random(int(rng.integers(1 << 30))), groups=groups)
 
 
 def dino_case(mesh, min_size, drop_path=0.1):
@@ -167,22 +161,21 @@ def dino_case(mesh, min_size, drop_path=0.1):
     for head in (cfg.dino, cfg.ibot):
         head.head_n_prototypes, head.head_hidden_dim, head.head_bottleneck_dim = 256, 128, 64
     cfg.crops.global_crops_size, cfg.crops.local_crops_size, cfg.crops.local_crops_number = 32, 16, 2
-    B = 8
-    cfg.train.batch_size_per_gpu = 2  # 4 KoLeo / iBOT-center groups, the same on 1 device and the mesh
+    B = 16
+    cfg.train.batch_size_per_gpu = 2  # 8 device batches (groups): the same math on 1 device and the mesh
     arch = dict(embed_dim=64, depth=2, num_heads=2)
     state0 = jax.device_get(create_train_state(cfg, jax.random.key(0), arch_overrides=arch))
     step = make_train_step(cfg, arch_overrides=arch)
     hp = {"lr": np.float32(1e-3), "wd": np.float32(0.04), "mom": np.float32(0.99),
           "teacher_temp": np.float32(0.05), "last_layer_lr": np.float32(1e-3)}
     rng = np.random.default_rng(0)
-    batches = [dino_batch(rng, B, 2, 32, 16, 8, mask_ub=B * 16) for _ in range(N_STEPS)]
+    batches = [dino_batch(rng, B, 2, 32, 16, 8, groups=B // cfg.train.batch_size_per_gpu) for _ in range(N_STEPS)]
 
     def step2(s, b):
         s, m = step(s, b, hp)
         return s, {k: v for k, v in m.items() if k != "n_masked_patches"}
 
-    res = compare(state0, step2, batches, mesh, min_size=min_size,
-                  replicated_keys=("mask_indices_list", "masks_weight", "n_masked_patches"))
+    res = compare(state0, step2, batches, mesh, min_size=min_size)
     # the DINOv2 state created directly sharded (jit with out_shardings) equals the one placed afterwards
     born = init_sharded(lambda k: create_train_state(cfg, k, arch_overrides=arch), mesh, jax.random.key(0),
                         min_size=min_size)

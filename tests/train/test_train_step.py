@@ -77,6 +77,8 @@ def official_state(golden, run, cfg):
 def batch_hp(golden, run, it):
     p = f"{run}/it{it}/"
     batch = {k[len(p) + 6:]: v for k, v in golden.items() if k.startswith(p + "batch/")}
+    for k in ("mask_indices_list", "masks_weight", "n_masked_patches"):  # one GPU = one group
+        batch[k] = np.asarray(batch[k])[None]
     hp = {k[len(p) + 3:]: v for k, v in golden.items() if k.startswith(p + "hp/")}
     return batch, hp
 

@@ -50,11 +50,12 @@ class Block(nnx.Module):
             y = self.mlp(y)
         return self.ls2(y) if self.ls2 is not None else y
 
-    def __call__(self, x: jax.Array, key: jax.Array | None = None) -> jax.Array:
+    def __call__(self, x: jax.Array, key: jax.Array | None = None, batch_groups: int = 1) -> jax.Array:
+        """`batch_groups`: stochastic-depth subsets are drawn within each of that many row groups."""
         if key is not None and self.drop_path_rate > 0.0:
             k1, k2 = jax.random.split(key)
-            x = drop_add_residual_subset(x, self._attn_residual, self.drop_path_rate, k1)
-            x = drop_add_residual_subset(x, self._ffn_residual, self.drop_path_rate, k2)
+            x = drop_add_residual_subset(x, self._attn_residual, self.drop_path_rate, k1, batch_groups)
+            x = drop_add_residual_subset(x, self._ffn_residual, self.drop_path_rate, k2, batch_groups)
             return x
         x = x + self._attn_residual(x).astype(x.dtype)
         x = x + self._ffn_residual(x).astype(x.dtype)

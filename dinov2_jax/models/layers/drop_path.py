@@ -17,17 +17,33 @@ def subset_size(batch: int, rate: float) -> int:
 
 
 def drop_add_residual_subset(x: jax.Array, residual_fn: Callable[[jax.Array], jax.Array], rate: float,
-                             key: jax.Array) -> jax.Array:
+                             key: jax.Array, groups: int = 1) -> jax.Array:
     """`x + residual` where the residual exists only for a random subset of samples.
 
     x `[B, N, D]`; `residual_fn` maps `[b, N, D] -> [b, N, D]` (includes LayerScale). Samples outside the
-    subset get no residual; kept ones get it scaled by `B / subset` (unbiased in expectation).
+    subset get no residual; kept ones get it scaled by `B_g / subset` (unbiased in expectation).
+    `groups`: the batch is `groups` independent per-device batches of `B_g = B / groups` contiguous rows
+    (group-major, as the train step lays them out). Each group keeps `max(int(B_g * (1 - rate)), 1)` of
+    its own rows, as the official code does per GPU. On a mesh whose batch shards hold whole groups the
+    gather and scatter stay on the device; a subset drawn over the whole batch would make every device
+    compute the branch for rows of all the others.
     """
     b = x.shape[0]
-    keep = subset_size(b, rate)
-    idx = jax.random.permutation(key, b)[:keep]
-    res = residual_fn(x[idx])
-    return x.at[idx].add(res.astype(x.dtype) * jnp.asarray(b / keep, x.dtype))
+    if groups < 1 or b % groups:
+        raise ValueError(f"stochastic depth: batch {b} does not split into {groups} equal groups")
+    bg = b // groups
+    keep = subset_size(bg, rate)
+    scale = jnp.asarray(bg / keep, x.dtype)
+    if groups == 1:
+        idx = jax.random.permutation(key, b)[:keep]
+        res = residual_fn(x[idx])
+        return x.at[idx].add(res.astype(x.dtype) * scale)
+    idx = jax.vmap(lambda k: jax.random.permutation(k, bg)[:keep])(jax.random.split(key, groups))  # [G, keep]
+    xg = x.reshape((groups, bg) + x.shape[1:])
+    sub = jax.vmap(lambda rows, i: rows[i])(xg, idx)  # [G, keep, N, D]
+    res = residual_fn(sub.reshape((groups * keep,) + x.shape[1:])).astype(x.dtype)
+    res = res.reshape(sub.shape) * scale
+    return jax.vmap(lambda rows, i, r: rows.at[i].add(r))(xg, idx, res).reshape(x.shape)
 
 
 def drop_path(x: jax.Array, rate: float, key: jax.Array) -> jax.Array:

@@ -50,3 +50,25 @@ def test_drop_path_per_sample():
     assert np.all(y[~kept] == 0)
     assert abs((y[:, 0] == 0).mean() - 0.25) < 0.05
     np.testing.assert_array_equal(np.asarray(drop_path(x, 0.0, jax.random.key(0))), np.asarray(x))
+
+
+def test_grouped_subset_is_per_group():
+    """groups=G: each group of B/G contiguous rows keeps max(int(B/G * (1 - r)), 1) of ITS OWN rows (the
+    official per-GPU draw), scaled by (B/G) / kept; equal to running each group alone with its key."""
+    from dinov2_jax.models.layers.drop_path import drop_add_residual_subset, subset_size
+
+    G, bg, rate = 4, 6, 0.4
+    x = jax.random.normal(jax.random.key(0), (G * bg, 3, 5))
+    key = jax.random.key(7)
+    got = drop_add_residual_subset(x, lambda y: 2.0 * y + 1.0, rate, key, groups=G)
+    keys = jax.random.split(key, G)
+    keep = subset_size(bg, rate)
+    for g in range(G):
+        rows = x[g * bg:(g + 1) * bg]
+        idx = jax.random.permutation(keys[g], bg)[:keep]
+        want = rows.at[idx].add((2.0 * rows[idx] + 1.0) * (bg / keep))
+        np.testing.assert_allclose(got[g * bg:(g + 1) * bg], want, rtol=1e-6)
+        changed = np.any(np.asarray(got[g * bg:(g + 1) * bg] != rows), axis=(1, 2))
+        assert changed.sum() == keep == 3
+    with pytest.raises(ValueError, match="equal groups"):
+        drop_add_residual_subset(x, lambda y: y, rate, key, groups=5)
