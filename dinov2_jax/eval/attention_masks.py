@@ -23,8 +23,8 @@ from PIL import Image, ImageFilter
 
 def synthetic_objects(n: int, size: int = 64, patch: int = 8, seed: int = 0):
     """-> (images [n, size, size, 3] ImageNet-normalised float32, masks [n, size/patch, size/patch] bool)."""
+    from dinov2_jax.data.augmentations import normalize
     from dinov2_jax.data.sources import DEMO_CLASSES, DemoSource
-    from dinov2_jax.visualize import IMAGENET_MEAN, IMAGENET_STD
 
     if size % patch:
         raise ValueError(f"size {size} is not a multiple of the patch size {patch}")
@@ -44,7 +44,7 @@ def synthetic_objects(n: int, size: int = 64, patch: int = 8, seed: int = 0):
         left, top = int(rng.integers(0, w - crop + 1)), int(rng.integers(0, h - crop + 1))
         obj = photo.crop((left, top, left + crop, top + crop)).resize((side * patch, side * patch), Image.BICUBIC)
         bg.paste(obj, (x * patch, y * patch))
-        images.append((np.asarray(bg, np.float32) / 255.0 - IMAGENET_MEAN) / IMAGENET_STD)
+        images.append(normalize(bg))
         m = np.zeros((grid, grid), bool)
         m[y:y + side, x:x + side] = True
         masks.append(m)
