@@ -187,22 +187,24 @@ def budget_bytes(mesh_shape, p_bytes: int, tensor_activation_bytes: int = 0) -> 
     return total + tensor_activation_bytes
 
 
-def tensor_activation_bytes(cfg, arch, n_images: int, mesh_shape) -> int:
-    """Megatron all-reduces: per block 2 in the forward (attention out, MLP out) and 2 in the backward,
-    each of a [tokens, D] activation in the compute dtype, for the student's global and local crops
-    (forward + backward) and the teacher's global crops (forward only); batch rows split over data*fsdp."""
-    d, f, t = mesh_shape
-    if t == 1:
+def tensor_activation_bytes(cfg, arch, batch, mesh_shape) -> int:
+    """Megatron all-reduces of a [rows, width] activation in the compute dtype (full-buffer measure):
+    per block 2 in the forward (attention out, MLP out) and 2 in the backward, for the student's global
+    and local crops (forward + backward) and the teacher's global crops (forward only); per head call
+    1 forward (+ 1 backward for the student) of the hidden layer, over the rows each head sees (cls tokens
+    and the masked-token buffer)."""
+    if mesh_shape[2] == 1:
         return 0
     dim, depth = arch["embed_dim"], arch["depth"]
     p = cfg.student.patch_size
-    g_tok = (cfg.crops.global_crops_size // p) ** 2 + 1
-    l_tok = (cfg.crops.local_crops_size // p) ** 2 + 1
-    rows = 2 * n_images * g_tok + cfg.crops.local_crops_number * n_images * l_tok
-    teacher_rows = 2 * n_images * g_tok
-    per_block = 4 * rows + 2 * teacher_rows  # student fwd+bwd (2+2), teacher fwd (2)
-    return per_block * depth * dim * 4 * d * f // (d * f)  # full-buffer measure: all batch rows
-
+    n_global, n_local = batch["collated_global_crops"].shape[0], batch["collated_local_crops"].shape[0]
+    g_tok = (cfg.crops.global_crops_size // p) ** 2 + 1 + cfg.student.num_register_tokens
+    l_tok = (cfg.crops.local_crops_size // p) ** 2 + 1 + cfg.student.num_register_tokens
+    student_rows, teacher_rows = n_global * g_tok + n_local * l_tok, n_global * g_tok
+    blocks = (4 * student_rows + 2 * teacher_rows) * depth * dim
+    masked = batch["mask_indices_list"].size
+    heads = (2 * (n_global + n_local + masked) + (n_global + masked)) * cfg.dino.head_hidden_dim
+    return 4 * (blocks + heads)
 
 def measure(rates=(0.0, 0.4), meshes=MESHES, n_images: int = 16, verbose: bool = True) -> list[dict]:
     import jax
@@ -220,7 +222,7 @@ def measure(rates=(0.0, 0.4), meshes=MESHES, n_images: int = 16, verbose: bool =
             mesh = make_mesh(dict(zip(("data", "fsdp", "tensor"), shape)), devices=jax.devices()[:8])
             c = compile_step(cfg, arch, batch, mesh)
             coll = collective_bytes(c.as_text())
-            budget = budget_bytes(shape, pb, tensor_activation_bytes(cfg, arch, n_images, shape))
+            budget = budget_bytes(shape, pb, tensor_activation_bytes(cfg, arch, batch, shape))
             row = {"drop_path": rate, "mesh": shape, "flops_1": f1, "flops_dev": flops(c),
                    "split": f1 / flops(c), "collectives": coll, "collective_total": sum(coll.values()),
                    "budget": budget, "param_bytes": pb, "memory": memory_per_device(c),

@@ -15,13 +15,13 @@ def get_config() -> ml_collections.ConfigDict:
     c.MODEL = ml_collections.ConfigDict()
     c.MODEL.WEIGHTS = ""  # resume/initialise from this checkpoint dir (official: fvcore weights path)
 
-    # Official: per-submodule FSDP MixedPrecision (fp16 params/reduce). JAX: params and optimizer
-    # state stay float32; `compute_dtype` is the matmul/activation dtype of every forward.
-    # Losses, softmax, centering and Sinkhorn always run in float32.
+    # Official: fp16 FSDP MixedPrecision + a gradient scaler. JAX (dinov2_jax/train/precision.py):
+    # params, optimizer state, EMA, centers and losses float32; forward/backward in `compute_dtype`
+    # ("auto" = bfloat16 on GPU/TPU, float32 on CPU; fp16 is refused: no loss scaler); gradients
+    # all-reduced in `grad_reduce_dtype` ("bfloat16" halves the kernels' gradient traffic).
     c.compute_precision = ml_collections.ConfigDict()
-    c.compute_precision.grad_scaler = False  # bf16 needs no loss scaling; kept for key parity
-    c.compute_precision.param_dtype = "float32"
-    c.compute_precision.compute_dtype = "float32"  # "bfloat16" on GPU/TPU
+    c.compute_precision.compute_dtype = "auto"
+    c.compute_precision.grad_reduce_dtype = "float32"
 
     c.dino = ml_collections.ConfigDict()
     c.dino.loss_weight = 1.0
@@ -65,9 +65,8 @@ def get_config() -> ml_collections.ConfigDict:
     c.student.drop_path_rate = 0.3
     c.student.layerscale = 1.0e-05
     c.student.drop_path_uniform = True
-    c.student.pretrained_weights = ""
+    c.student.pretrained_weights = ""  # backbone weights the student (and so the teacher) start from
     c.student.ffn_layer = "mlp"
-    c.student.block_chunks = 0  # only affects exported .pth key layout (blocks.{chunk}.{i})
     c.student.qkv_bias = True
     c.student.proj_bias = True
     c.student.ffn_bias = True

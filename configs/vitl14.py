@@ -19,7 +19,6 @@ def apply_vitl14(c):
     c.student.patch_size = 14
     c.student.drop_path_rate = 0.4
     c.student.ffn_layer = "swiglufused"
-    c.student.block_chunks = 4
     c.teacher.momentum_teacher = 0.994
     c.optim.epochs = 500
     c.optim.weight_decay_end = 0.2

@@ -12,5 +12,4 @@ ssl_default = load_sibling_module(__file__, "ssl_default")
 def get_config():
     c = ssl_default.get_config()
     c.train.batch_size_per_gpu = 64
-    c.student.block_chunks = 4
     return c

@@ -50,6 +50,13 @@ TENSOR_RULES: tuple[tuple[str, tuple[str | None, ...]], ...] = (
     (r"(^|\.)mlp\.(fc1|w12)\.kernel$", (None, "tensor")),
     (r"(^|\.)mlp\.(fc1|w12)\.bias$", ("tensor",)),
     (r"(^|\.)mlp\.(fc2|w3)\.kernel$", ("tensor", None)),
+    # DINO / iBOT heads: first layer column-, second row-parallel; the weight-normed last layer splits
+    # its prototypes (the logits' K axis), so the heads' big matmuls are split too.
+    (r"(^|\.)(dino|ibot)_head\.mlp\.0\.kernel$", (None, "tensor")),
+    (r"(^|\.)(dino|ibot)_head\.mlp\.0\.bias$", ("tensor",)),
+    (r"(^|\.)(dino|ibot)_head\.mlp\.1\.kernel$", ("tensor", None)),
+    (r"(^|\.)(dino|ibot)_head\.last_layer\.weight_v$", (None, "tensor")),
+    (r"(^|\.)(dino|ibot)_head\.last_layer\.weight_g$", ("tensor",)),
 )
 
 

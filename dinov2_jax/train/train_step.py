@@ -21,6 +21,7 @@ from typing import Any, Callable, Dict, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import ml_collections
 from flax import nnx
 
@@ -33,22 +34,20 @@ from dinov2_jax.models.vision_transformer import build_backbone
 from dinov2_jax.train.ema import ema_update
 from dinov2_jax.train.optimizer import apply_updates, clip_by_submodule, make_adam
 from dinov2_jax.train.param_groups import build_param_multipliers
+from dinov2_jax.train.precision import cast_kernels_for_reduction, resolve_compute_dtype, resolve_precision
 from dinov2_jax.train.state import TrainState
 
 N_GLOBAL_CROPS = 2  # hard-coded in the official code
 BATCH_KEYS = ("collated_global_crops", "collated_local_crops", "collated_masks", "mask_indices_list",
               "masks_weight", "n_masked_patches")
 HPARAM_KEYS = ("lr", "wd", "mom", "teacher_temp", "last_layer_lr")
-_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
 # ---------------------------------------------------------------------------------------------------
 # models
 def compute_dtype(cfg: ml_collections.ConfigDict):
-    name = str(cfg.compute_precision.compute_dtype)
-    if name not in _DTYPES:
-        raise ValueError(f"compute_precision.compute_dtype={name!r}; use one of {sorted(_DTYPES)}")
-    return _DTYPES[name]
+    """The forward's dtype on this platform (train/precision.py)."""
+    return resolve_compute_dtype(cfg.compute_precision.compute_dtype)
 
 
 def is_frozen_teacher(cfg: ml_collections.ConfigDict) -> bool:
@@ -125,9 +124,15 @@ def create_train_state(cfg, key: jax.Array, *, mesh=None,
 
     With distillation (`teacher.pretrained_weights` set) the teacher is built from `teacher.arch` and
     must be filled with the pretrained weights by the caller (e.g. `state.replace(teacher=...)`).
-    `mesh`: if given, the state is placed with `dinov2_jax.parallel.sharding.shard_state` (FSDP for
-    arrays of at least `mesh.fsdp_min_size` elements).
+    `mesh`: if given, the state is born sharded: created under jit with the shardings of
+    `dinov2_jax.parallel.sharding.param_shardings` as outputs (FSDP for arrays of at least
+    `mesh.fsdp_min_size` elements), so it never exists whole on one device.
     """
+    if mesh is not None:
+        from dinov2_jax.parallel.sharding import init_sharded
+
+        return init_sharded(lambda k: create_train_state(cfg, k, arch_overrides=arch_overrides), mesh, key,
+                            min_size=cfg.mesh.fsdp_min_size)
     k_model, k_teacher, k_rng = jax.random.split(key, 3)
     _, student = _split(build_modules(cfg, k_model, arch_overrides=arch_overrides))
     if is_frozen_teacher(cfg) and cfg.teacher.get("arch", "") and cfg.teacher.arch != cfg.student.arch:
@@ -139,9 +144,6 @@ def create_train_state(cfg, key: jax.Array, *, mesh=None,
     state = TrainState(student=student, teacher=teacher, opt_state=adam.init(student),
                        dino_center=C.init_center_state(k), ibot_center=C.init_center_state(ibot_out_dim(cfg)),
                        step=jnp.zeros((), jnp.int32), rng=k_rng)
-    if mesh is not None:
-        from dinov2_jax.parallel.sharding import shard_state
-        state = shard_state(state, mesh, min_size=cfg.mesh.fsdp_min_size)
     return state
 
 
@@ -186,6 +188,20 @@ def _gather_masked(patches: jax.Array, idx: jax.Array) -> jax.Array:
     return jnp.take_along_axis(flat, idx[..., None], axis=1).reshape(G * U, -1)
 
 
+def _heads_on_groups(head, pieces, G: int) -> list:
+    """One head call on several row sets (the official packed call; the head is token-wise).
+
+    pieces: arrays [G*r_i, D], group-major. They are joined per group ([G, sum r_i, D]) rather than end
+    to end, so on a mesh each device keeps its own groups' rows (an end-to-end concatenation of
+    sharded arrays moves rows between devices). Returns the head outputs [G*r_i, K] per piece, float32.
+    """
+    sizes = [x.shape[0] // G for x in pieces]
+    x = jnp.concatenate([p.reshape((G, r, -1)) for p, r in zip(pieces, sizes)], axis=1)
+    out = head(x.reshape(G * sum(sizes), -1)).astype(jnp.float32).reshape(G, sum(sizes), -1)
+    offsets = np.cumsum([0] + sizes)
+    return [out[:, a:b].reshape(G * (b - a), -1) for a, b in zip(offsets[:-1], offsets[1:])]
+
+
 def make_train_step(cfg, *, arch_overrides: Optional[Dict[str, Any]] = None,
                     frozen_teacher: Optional[bool] = None) -> Callable:
     """Returns the pure `train_step(state, batch, hparams) -> (state, metrics)` (wrap it in jax.jit).
@@ -226,6 +242,7 @@ def make_train_step(cfg, *, arch_overrides: Optional[Dict[str, Any]] = None,
     n_global_terms = (N_GLOBAL_CROPS - 1) * N_GLOBAL_CROPS
     n_terms = n_local_terms + n_global_terms
     clip = float(cfg.optim.clip_grad or 0.0)
+    reduce_dtype = resolve_precision(cfg).grad_reduce_dtype
 
     def teacher_targets(state: TrainState, batch, temp, valid, G):
         tp = state.teacher
@@ -238,16 +255,13 @@ def make_train_step(cfg, *, arch_overrides: Optional[Dict[str, Any]] = None,
         buf = _gather_masked(out["x_norm_patchtokens"], batch["mask_indices_list"])
         buf = jnp.where(valid[:, None], buf, 0).astype(buf.dtype)
         dino_head = _merge(t_graph["dino_head"], tp["dino_head"])
-        n_cls = cls.shape[0]
         if not do_ibot:
-            t_cls, t_patch = dino_head(cls), None
+            (t_cls,), t_patch = _heads_on_groups(dino_head, [cls], G), None
         elif separate:
-            t_cls = dino_head(cls)
-            t_patch = _merge(t_graph["ibot_head"], tp["ibot_head"])(buf)
+            (t_cls,) = _heads_on_groups(dino_head, [cls], G)
+            (t_patch,) = _heads_on_groups(_merge(t_graph["ibot_head"], tp["ibot_head"]), [buf], G)
         else:
-            both = dino_head(jnp.concatenate([cls, buf], axis=0))
-            t_cls, t_patch = both[:n_cls], both[n_cls:]
-        t_cls = t_cls.astype(jnp.float32)
+            t_cls, t_patch = _heads_on_groups(dino_head, [cls, buf], G)
         dino_c, ibot_c = state.dino_center, state.ibot_center
         p_patch = None
         if centering == "centering":
@@ -288,19 +302,13 @@ def make_train_step(cfg, *, arch_overrides: Optional[Dict[str, Any]] = None,
             buf = _gather_masked(g_out["x_norm_patchtokens"], batch["mask_indices_list"])
             if not separate:
                 head_in.append(buf)
-        # one head call on all rows (the official packed call; the head is token-wise)
-        sizes = [x.shape[0] for x in head_in]
-        head_out = dino_head(jnp.concatenate(head_in, axis=0)).astype(jnp.float32)
-        pieces, o = [], 0
-        for s in sizes:
-            pieces.append(head_out[o:o + s])
-            o += s
+        pieces = _heads_on_groups(dino_head, head_in, G)
         if n_local > 0:
             s_local = pieces.pop(0)
         s_global = pieces.pop(0)
         if do_ibot:
             s_patch = pieces.pop(0) if not separate else \
-                _merge(s_graph["ibot_head"], student["ibot_head"])(buf).astype(jnp.float32)
+                _heads_on_groups(_merge(s_graph["ibot_head"], student["ibot_head"]), [buf], G)[0]
 
         parts = {}
         total = 0.0
@@ -336,7 +344,8 @@ def make_train_step(cfg, *, arch_overrides: Optional[Dict[str, Any]] = None,
         p_cls, p_patch, dino_c, ibot_c = teacher_targets(state, batch, hp["teacher_temp"], valid, G)
         rng, k_step = jax.random.split(state.rng)
         (loss, parts), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            state.student, batch, p_cls, p_patch, valid, k_step, G)
+            cast_kernels_for_reduction(state.student, reduce_dtype), batch, p_cls, p_patch, valid, k_step, G)
+        grads = jax.tree.map(lambda g: g.astype(jnp.float32), grads)
         grads, norms = clip_by_submodule(grads, clip)
         student, opt_state = apply_updates(state.student, grads, state.opt_state, adam, mults, hp)
         teacher = state.teacher if frozen else ema_update(state.teacher, student, hp["mom"])

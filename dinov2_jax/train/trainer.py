@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 import os
 import signal
@@ -42,6 +43,8 @@ from dinov2_jax import config as config_lib
 from dinov2_jax.train.checkpoint import Checkpointer
 from dinov2_jax.train.curves import plot_training_curves
 from dinov2_jax.train.metrics_logger import MetricsLogger
+
+log = logging.getLogger(__name__)
 
 
 class TrainingDivergedError(RuntimeError):
@@ -83,6 +86,8 @@ def default_components() -> Components:
 
     def create_train_state(cfg, key, mesh=None):
         state = ts.create_train_state(cfg, key, mesh=mesh, arch_overrides=arch_overrides(cfg))
+        if cfg.student.pretrained_weights:
+            state = load_pretrained_student(cfg, state)
         if ts.is_frozen_teacher(cfg):
             state = state.replace(teacher=load_pretrained_teacher(cfg, state.teacher))
         return state
@@ -528,16 +533,13 @@ def export_teacher(state, cfg, out_dir: str) -> str:
     return save_converted(backbone, out_dir, heads=mods)
 
 
-def load_pretrained_teacher(cfg, like_teacher: dict) -> dict:
-    """Frozen distillation teacher from `teacher.pretrained_weights`: a converted directory
-    (`python -m dinov2_jax.convert`, or an `eval/training_*` export) or an official `.pth`
-    teacher checkpoint. It must hold the heads too (the targets are the teacher's head outputs) and
-    match `teacher.arch` (+ the head sizes of the config)."""
+def _read_pretrained(path: str, option: str) -> dict:
+    """{"backbone": params[, "dino_head", "ibot_head"]} from a converted directory (`python -m
+    dinov2_jax.convert`, or an `eval/training_*` export) or an official `.pth` checkpoint."""
     from flax import nnx
 
     from dinov2_jax import convert
 
-    path = cfg.teacher.pretrained_weights
     if os.path.isdir(path):
         model, heads = convert.load_converted(path, with_heads=True)
     elif os.path.isfile(path):
@@ -546,26 +548,53 @@ def load_pretrained_teacher(cfg, like_teacher: dict) -> dict:
         obj = torch.load(path, map_location="cpu", weights_only=False)
         model, heads, _ = convert.convert_torch_checkpoint(obj)
     else:
-        raise FileNotFoundError(f"teacher.pretrained_weights={path!r} does not exist (a converted directory "
-                                f"or a teacher_checkpoint.pth)")
+        raise FileNotFoundError(f"{option}={path!r} does not exist (a converted directory or an official .pth)")
     params = {"backbone": nnx.state(model, nnx.Param).to_pure_dict()}
     for name, head in heads.items():
         params[name] = nnx.state(head, nnx.Param).to_pure_dict()
+    return params
+
+
+def _check_like(like: dict, params: dict, what: str) -> None:
+    """Same parameter names and shapes, else a ValueError listing the differences."""
+    names = lambda t: {jax.tree_util.keystr(p): np.shape(x) for p, x in jax.tree_util.tree_flatten_with_path(t)[0]}
+    want, got = names(like), names(params)
+    missing, extra = sorted(set(want) - set(got)), sorted(set(got) - set(want))
+    shapes = [f"{k}: file {got[k]} vs config {tuple(want[k])}" for k in sorted(set(want) & set(got))
+              if tuple(got[k]) != tuple(want[k])]
+    if missing or extra or shapes:
+        raise ValueError(f"{what} does not match this config's model: missing {missing[:10]}, unexpected "
+                         f"{extra[:10]}, shape mismatches {shapes[:10]}")
+
+
+def load_pretrained_student(cfg, state):
+    """`student.pretrained_weights` (official SSLMetaArch): the student backbone starts from these weights
+    (hub backbone or a run's export); the EMA teacher starts as its copy, as officially. Unlike the
+    official `strict=False`, any missing / unexpected / mis-shaped key is an error that lists them."""
+    path = cfg.student.pretrained_weights
+    backbone = _read_pretrained(path, "student.pretrained_weights")["backbone"]
+    _check_like(state.student["backbone"], backbone, f"student.pretrained_weights={path!r}")
+    put = lambda like: jax.tree.map(lambda w, x: jax.device_put(jnp.asarray(x, w.dtype), getattr(w, "sharding", None)),
+                                    like, backbone)
+    log.info("student and teacher backbones initialised from %s", path)
+    return state.replace(student={**state.student, "backbone": put(state.student["backbone"])},
+                         teacher={**state.teacher, "backbone": put(state.teacher["backbone"])})
+
+
+def load_pretrained_teacher(cfg, like_teacher: dict) -> dict:
+    """Frozen distillation teacher from `teacher.pretrained_weights`: a converted directory
+    (`python -m dinov2_jax.convert`, or an `eval/training_*` export) or an official `.pth`
+    teacher checkpoint. It must hold the heads too (the targets are the teacher's head outputs) and
+    match `teacher.arch` (+ the head sizes of the config)."""
+    path = cfg.teacher.pretrained_weights
+    params = _read_pretrained(path, "teacher.pretrained_weights")
     missing = sorted(set(like_teacher) - set(params))
     if missing:
         raise ValueError(f"teacher.pretrained_weights={path!r} has no {missing}: distillation needs the "
                          f"teacher's heads (use a training export eval/training_*/ or a teacher_checkpoint.pth)")
     params = {k: params[k] for k in like_teacher}
-    if jax.tree.structure(like_teacher) != jax.tree.structure(params):
-        raise ValueError(f"teacher.pretrained_weights={path!r}: parameter names differ from teacher.arch="
-                         f"{cfg.teacher.arch or cfg.student.arch!r} (ffn_layer, registers, biases?)")
-    bad = []
-    for (p, want), got in zip(jax.tree_util.tree_flatten_with_path(like_teacher)[0], jax.tree.leaves(params)):
-        if tuple(want.shape) != tuple(np.shape(got)):
-            bad.append(f"{jax.tree_util.keystr(p)}: checkpoint {np.shape(got)} vs config {tuple(want.shape)}")
-    if bad:
-        raise ValueError(f"teacher.pretrained_weights={path!r} does not match teacher.arch="
-                         f"{cfg.teacher.arch or cfg.student.arch!r} / the head config: " + "; ".join(bad[:10]))
+    _check_like(like_teacher, params, f"teacher.pretrained_weights={path!r} (teacher.arch="
+                f"{cfg.teacher.arch or cfg.student.arch!r} and the head config)")
     # keep the shardings of the freshly built teacher
     return jax.tree.map(lambda w, x: jax.device_put(jnp.asarray(x, w.dtype), getattr(w, "sharding", None)),
                         like_teacher, params)

@@ -32,19 +32,21 @@ def _has_gpu() -> bool:
 _HALF = ("bfloat16", "float16")
 
 
-def resolve_attn_impl(name: str, dtype=None) -> str:
+def resolve_attn_impl(name: str, dtype=None, platform: str | None = None) -> str:
     """Map a requested backend ("auto"|"xla"|"cudnn"|"pallas") to the one that will run.
 
-    `dtype`: compute dtype of q/k/v if known. Raises ValueError for unknown names, for "cudnn"
-    without a GPU and for "cudnn" with a float32 compute dtype (no silent fallback).
+    `dtype`: compute dtype of q/k/v if known. `platform`: "cpu" | "gpu" | "tpu" to resolve for (default:
+    whether JAX sees a GPU). Raises ValueError for unknown names, for "cudnn" without a GPU and for
+    "cudnn" with a float32 compute dtype (no silent fallback).
     """
     if name not in ATTN_IMPLS:
         raise ValueError(f"Unknown attention backend {name!r}; choose one of {ATTN_IMPLS}.")
     half = dtype is None or jnp.dtype(dtype).name in _HALF
+    gpu = _has_gpu() if platform is None else platform in ("gpu", "cuda", "rocm")
     if name == "auto":
-        return "cudnn" if _has_gpu() and half else "xla"
+        return "cudnn" if gpu and half else "xla"
     if name == "cudnn":
-        if not _has_gpu():
+        if not gpu:
             raise ValueError(
                 "attn_impl='cudnn' needs a GPU backend, but JAX sees none "
                 f"(default backend: {jax.default_backend()!r}). Use attn_impl='xla' (or 'auto') on CPU/TPU.")
