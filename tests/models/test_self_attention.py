@@ -92,3 +92,18 @@ def test_block_index_checked_scan_blocks_and_bf16_same_maps():
     np.testing.assert_allclose(np.asarray(bf), ref, atol=2e-2)  # bf16 activations, float32 softmax
     with pytest.raises(ValueError, match="block=3 out of range for depth 3"):
         m.get_self_attention(x, 3)
+
+
+@pytest.mark.gpu  # skipped without a GPU (tests/conftest.py says why); not yet run on one
+def test_cudnn_model_gives_the_same_maps_as_xla():
+    """A bf16 model whose blocks run cuDNN flash attention still returns maps (explicit softmax for the
+    chosen block) that match the same weights with the XLA backend."""
+    kw = dict(img_size=56, patch_size=14, embed_dim=128, depth=2, num_heads=2, init_values=1.0,
+              num_register_tokens=4, dtype="bfloat16")
+    m_cudnn = DinoVisionTransformer(**kw, attn_impl="cudnn", rngs=nnx.Rngs(0))
+    m_xla = DinoVisionTransformer(**kw, attn_impl="xla", rngs=nnx.Rngs(0))
+    assert m_cudnn.blocks[0].attn.attn_impl == "cudnn"
+    x = jax.random.normal(jax.random.key(0), (2, 56, 56, 3))
+    a, b = m_cudnn.get_cls_attention_maps(x), m_xla.get_cls_attention_maps(x)
+    for k in ("patches", "registers", "cls"):
+        np.testing.assert_allclose(np.asarray(a[k]), np.asarray(b[k]), atol=2e-2)
