@@ -233,6 +233,30 @@ def measure(rates=(0.0, 0.4), meshes=MESHES, n_images: int = 16, verbose: bool =
     return rows
 
 
+def state_init_memory(config_path: str = "configs/vitg14.py", mesh_shape=(1, 8, 1)) -> dict:
+    """Compiled memory per device of creating the train state born sharded (the trainer's path) vs the
+    state's total bytes. Nothing is allocated: XLA's memory analysis of the compiled init."""
+    import jax
+
+    from dinov2_jax.config import load_config_file
+    from dinov2_jax.parallel.mesh import make_mesh
+    from dinov2_jax.parallel.sharding import param_shardings
+    from dinov2_jax.train.train_step import create_train_state
+
+    cfg = load_config_file(config_path)
+    mesh = make_mesh(dict(zip(("data", "fsdp", "tensor"), mesh_shape)), devices=jax.devices()[:8])
+    init = lambda k: create_train_state(cfg, k)
+    shapes = jax.eval_shape(init, jax.random.key(0))
+    total = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(shapes)
+                if not jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key))
+    out_sh = param_shardings(shapes, mesh, min_size=cfg.mesh.fsdp_min_size)
+    compiled = jax.jit(init, out_shardings=out_sh).lower(jax.random.key(0)).compile()
+    mem = memory_per_device(compiled)
+    per_device = mem["outputs"] + mem["temporaries"]
+    return {"config": config_path, "mesh": mesh_shape, "state_bytes": total, "per_device_bytes": per_device,
+            "fraction": per_device / total, **mem}
+
+
 def format_row(r: dict) -> str:
     mem = r["memory"]
     coll = ", ".join(f"{k} {v / 1e6:.2f}" for k, v in r["collectives"].items() if v)
@@ -249,10 +273,17 @@ def main():
     ap.add_argument("--rates", type=float, nargs="+", default=[0.0, 0.4])
     ap.add_argument("--meshes", nargs="+", default=[",".join(map(str, m)) for m in MESHES],
                     help="data,fsdp,tensor triples")
+    ap.add_argument("--init-config", default="configs/vitg14.py",
+                    help="config whose state creation is analysed on fsdp=8 ('' to skip)")
     args = ap.parse_args()
     _setup_devices()
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
     measure(tuple(args.rates), tuple(tuple(int(x) for x in m.split(",")) for m in args.meshes))
+    if args.init_config:
+        r = state_init_memory(args.init_config)
+        print(f"state creation {r['config']} on fsdp=8: {r['per_device_bytes'] / 2**30:.2f} GiB per device "
+              f"(outputs {r['outputs'] / 2**30:.2f} + temporaries {r['temporaries'] / 2**30:.2f}) of a "
+              f"{r['state_bytes'] / 2**30:.2f} GiB state = {r['fraction']:.3f} (1/8 = 0.125)", flush=True)
 
 
 if __name__ == "__main__":

@@ -17,11 +17,9 @@ def get_config() -> ml_collections.ConfigDict:
 
     # Official: fp16 FSDP MixedPrecision + a gradient scaler. JAX (dinov2_jax/train/precision.py):
     # params, optimizer state, EMA, centers and losses float32; forward/backward in `compute_dtype`
-    # ("auto" = bfloat16 on GPU/TPU, float32 on CPU; fp16 is refused: no loss scaler); gradients
-    # all-reduced in `grad_reduce_dtype` ("bfloat16" halves the kernels' gradient traffic).
+    # ("auto" = bfloat16 on GPU/TPU, float32 on CPU; fp16 is refused: no loss scaler).
     c.compute_precision = ml_collections.ConfigDict()
     c.compute_precision.compute_dtype = "auto"
-    c.compute_precision.grad_reduce_dtype = "float32"
 
     c.dino = ml_collections.ConfigDict()
     c.dino.loss_weight = 1.0

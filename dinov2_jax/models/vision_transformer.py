@@ -40,7 +40,8 @@ class DinoVisionTransformer(nnx.Module):
     `drop_path_rate`: per-block rates `linspace(0, rate, depth)` or uniform (`drop_path_uniform`);
     active only when a `key` is passed to the forward (batch-subset stochastic depth).
     `attn_impl`: "auto" | "xla" | "cudnn" | "pallas" (see layers/attention.py).
-    `dtype`: compute dtype of activations / matmuls (params stay float32; norms and softmax in float32).
+    `dtype`: compute dtype of the matmuls and their activations inside the blocks; parameters, the token
+    (residual) stream, norms and softmax stay float32 (as the official autocast run).
     `remat`: "none" | "full" | "dots" (rematerialise each block; "dots" saves matmul outputs).
     `scan_blocks`: run runs of identical blocks under one `lax.scan` (their params are stacked on the fly,
     so the parameter tree and checkpoints stay `blocks.{i}`). Same math; compile time no longer grows
@@ -110,12 +111,14 @@ class DinoVisionTransformer(nnx.Module):
                                      antialias=self.interpolate_antialias, offset=self.interpolate_offset)
 
     def prepare_tokens_with_masks(self, x: jax.Array, masks: jax.Array | None = None) -> jax.Array:
-        """[B, H, W, C] (+ masks [B, N] bool) -> tokens [B, 1+R+N, D] in the compute dtype."""
+        """[B, H, W, C] (+ masks [B, N] bool) -> tokens [B, 1+R+N, D] float32."""
         if x.ndim != 4:
             raise ValueError(f"Expected NHWC images [B, H, W, C], got shape {x.shape}.")
         b, h, w, _ = x.shape
         check_image_size(h, w, self.patch_size)
-        t = self.patch_embed(x)  # [B, N, D]
+        # The token (residual) stream is float32 whatever the compute dtype, as under the official
+        # autocast (its adds promote to float32): only the matmuls inside the blocks run in `dtype`.
+        t = self.patch_embed(x).astype(jnp.float32)  # [B, N, D]
         if masks is not None:
             if masks.shape != t.shape[:2]:
                 raise ValueError(f"masks must be [B, N] = {t.shape[:2]}, got {masks.shape}.")

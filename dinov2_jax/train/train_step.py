@@ -34,7 +34,7 @@ from dinov2_jax.models.vision_transformer import build_backbone
 from dinov2_jax.train.ema import ema_update
 from dinov2_jax.train.optimizer import apply_updates, clip_by_submodule, make_adam
 from dinov2_jax.train.param_groups import build_param_multipliers
-from dinov2_jax.train.precision import cast_kernels_for_reduction, resolve_compute_dtype, resolve_precision
+from dinov2_jax.train.precision import resolve_compute_dtype
 from dinov2_jax.train.state import TrainState
 
 N_GLOBAL_CROPS = 2  # hard-coded in the official code
@@ -242,7 +242,6 @@ def make_train_step(cfg, *, arch_overrides: Optional[Dict[str, Any]] = None,
     n_global_terms = (N_GLOBAL_CROPS - 1) * N_GLOBAL_CROPS
     n_terms = n_local_terms + n_global_terms
     clip = float(cfg.optim.clip_grad or 0.0)
-    reduce_dtype = resolve_precision(cfg).grad_reduce_dtype
 
     def teacher_targets(state: TrainState, batch, temp, valid, G):
         tp = state.teacher
@@ -344,8 +343,7 @@ def make_train_step(cfg, *, arch_overrides: Optional[Dict[str, Any]] = None,
         p_cls, p_patch, dino_c, ibot_c = teacher_targets(state, batch, hp["teacher_temp"], valid, G)
         rng, k_step = jax.random.split(state.rng)
         (loss, parts), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            cast_kernels_for_reduction(state.student, reduce_dtype), batch, p_cls, p_patch, valid, k_step, G)
-        grads = jax.tree.map(lambda g: g.astype(jnp.float32), grads)
+            state.student, batch, p_cls, p_patch, valid, k_step, G)
         grads, norms = clip_by_submodule(grads, clip)
         student, opt_state = apply_updates(state.student, grads, state.opt_state, adam, mults, hp)
         teacher = state.teacher if frozen else ema_update(state.teacher, student, hp["mom"])

@@ -282,6 +282,9 @@ def train(cfg: ml_collections.ConfigDict, components: Components | None = None, 
 
     logger = MetricsLogger(output_dir, total_iters=0, stream=stream, write_files=is_main)
     mesh = build_mesh(cfg) if use_mesh else None
+    from dinov2_jax.train.precision import resolve_precision
+
+    logger.info(f"precision on {jax.default_backend()}: {resolve_precision(cfg).describe()}")
     schedules = comp.build_schedules(cfg)
     schedule_len = len(schedules["lr"])
     last_it = iteration_range(cfg, schedule_len)

@@ -104,10 +104,11 @@ def test_jit_and_bf16_close_to_fp32(official_case):
     inp = case["inputs"][""]
     model = _model_from_case(case, dtype="bfloat16")
     out = nnx.jit(lambda m, x: m.forward_features(x))(model, jnp.asarray(inp["x"]))
-    assert out["x_norm_patchtokens"].dtype == jnp.bfloat16
+    # the residual stream stays float32 (official autocast): only the block matmuls are bf16
+    assert out["x_norm_patchtokens"].dtype == jnp.float32
     ref = _model_from_case(case).forward_features(jnp.asarray(inp["x"]))["x_norm_patchtokens"]
     err = np.abs(np.asarray(out["x_norm_patchtokens"], np.float32) - np.asarray(ref))
-    assert err.mean() < 0.05 and err.max() < 0.5
+    assert err.mean() < 0.02 and err.max() < 0.25, (err.mean(), err.max())
 
 
 # ---------------------------------------------------------------------------------------------------
