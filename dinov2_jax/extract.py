@@ -11,6 +11,10 @@ The .npz holds `cls` [N, D] (final-norm cls token), `files` [N] (paths relative 
 `best_linear_head.npz`) also `logits` [N, C] and `predictions` [N] (class names). Images that cannot be
 decoded are skipped with a warning each and counted; their paths are saved as `skipped_files` (present
 only then; they are left out of `files`).
+
+--attention-png draws the DINO self-attention picture of the first --attention-max-images images (the
+cls token's attention per head in one block, its thresholded mask, the patch-token norms; see
+docs/visualization.md) and prints the fraction of high-norm outlier patch tokens.
 """
 from __future__ import annotations
 
@@ -56,6 +60,49 @@ def make_extract_fn(model):
     from dinov2_jax.pretrained import backbone_features, jit_module
 
     return jit_module(model, backbone_features)
+
+
+def make_attention_fn(model, block: int = -1):
+    """Jitted `images [B, H, W, 3] -> {"attention" [B, heads, h, w], "register_attention" [B, heads, R],
+    "patch_tokens" [B, N, D]}`: the cls token's attention in `block` (explicit-softmax path,
+    `get_cls_attention_maps`) and the output patch tokens (after the final norm)."""
+    from flax import nnx
+
+    graphdef, state = nnx.split(model)
+
+    @jax.jit
+    def fn(state, images):
+        m = nnx.merge(graphdef, state)
+        maps = m.get_cls_attention_maps(images, block)
+        return {"attention": maps["patches"], "register_attention": maps["registers"],
+                "patch_tokens": m.forward_features(images)["x_norm_patchtokens"]}
+
+    return lambda images: fn(state, images)
+
+
+def attention_maps(model, images, *, block: int = -1, batch_size: int = 32) -> dict:
+    """`make_attention_fn` over normalised images [B, H, W, 3] in batches -> numpy dict, patch_tokens
+    reshaped to [B, h, w, D]."""
+    fn = make_attention_fn(model, block)
+    outs = [jax.device_get(fn(images[i:i + batch_size])) for i in range(0, len(images), batch_size)]
+    res = {k: np.concatenate([np.asarray(o[k], np.float32) for o in outs]) for k in outs[0]}
+    b, h, w = res["attention"].shape[0], *res["attention"].shape[2:]
+    res["patch_tokens"] = res["patch_tokens"].reshape(b, h, w, -1)
+    return res
+
+
+def parse_heads(spec: str | None, num_heads: int) -> list[int]:
+    """"all"/None -> every head; "0,2,5" -> those heads (checked against the model's num_heads)."""
+    if spec is None or spec == "all":
+        return list(range(num_heads))
+    try:
+        heads = [int(h) for h in spec.split(",") if h.strip()]
+    except ValueError:
+        raise ValueError(f"--attention-heads {spec!r}: give comma-separated head indices (e.g. 0,1,2) or 'all'")
+    bad = [h for h in heads if not 0 <= h < num_heads]
+    if bad or not heads:
+        raise ValueError(f"--attention-heads {spec!r}: the model has {num_heads} heads (0..{num_heads - 1})")
+    return heads
 
 
 def extract_folder(model, images_dir: str, *, batch_size: int = 32, image_size: int = 224,
@@ -136,6 +183,15 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--pca-threshold", type=float, default=0.5,
                    help="foreground threshold on the min-max scaled first PCA component")
     p.add_argument("--pca-max-images", type=int, default=16, help="rows in the PCA picture")
+    p.add_argument("--attention-png", default=None,
+                   help="write the self-attention picture here (input, cls attention per head, mask, token norms)")
+    p.add_argument("--attention-block", type=int, default=-1, help="block whose attention is drawn (-1: last)")
+    p.add_argument("--attention-heads", default="all", help="heads shown, e.g. 0,1,2 (default all)")
+    p.add_argument("--attention-mass", type=float, default=0.6,
+                   help="the mask keeps the top patches holding this fraction of the attention mass (DINO: 0.6)")
+    p.add_argument("--attention-max-images", type=int, default=8, help="rows in the attention picture")
+    p.add_argument("--norm-outlier-factor", type=float, default=3.0,
+                   help="a patch token is a high-norm outlier above this factor x its image's median norm")
     return p
 
 
@@ -176,9 +232,18 @@ def main(argv=None) -> int:
         raise SystemExit(f"--out {args.out!r} must end with .npz")
     model = load_for_eval(args.weights, args.arch, allow_random_init=args.allow_random_init, dtype=args.dtype)
     want_patches = args.patch_tokens or args.pca_png is not None
+    heads = None
+    if args.attention_png:  # check the attention options before the (long) extraction
+        heads = parse_heads(args.attention_heads, model.num_heads)
+        if not -model.n_blocks <= args.attention_block < model.n_blocks:
+            raise SystemExit(f"--attention-block {args.attention_block} out of range: the model has "
+                             f"{model.n_blocks} blocks (0..{model.n_blocks - 1}, or -1 for the last)")
+        if not 0.0 < args.attention_mass <= 1.0:
+            raise SystemExit(f"--attention-mass {args.attention_mass} must be in (0, 1]")
     res = extract_folder(model, args.images, batch_size=args.batch_size, image_size=args.image_size,
                          keep_patch_tokens=want_patches,
-                         keep_images=args.pca_max_images if args.pca_png else 0)
+                         keep_images=max(args.pca_max_images if args.pca_png else 0,
+                                         args.attention_max_images if args.attention_png else 0))
     images = res.pop("images", None)
     if args.linear_head:
         pred = classify_folder(model, args.linear_head, args.images, batch_size=args.batch_size,
@@ -197,7 +262,29 @@ def main(argv=None) -> int:
         save_pca_picture(images[:n], res["patch_tokens"][:n], args.pca_png, threshold=args.pca_threshold,
                          max_images=n)
         logger.info("wrote PCA picture %s (%d images)", args.pca_png, n)
+    if args.attention_png:
+        write_attention_picture(model, images[:args.attention_max_images], args, heads)
     return 0
+
+
+def write_attention_picture(model, images, args, heads: list[int]) -> dict:
+    """The --attention-png picture and the printed high-norm token fraction; returns the maps."""
+    from dinov2_jax.visualize import attention_picture, high_norm_tokens, token_norms
+
+    maps = attention_maps(model, images, block=args.attention_block, batch_size=args.batch_size)
+    attention_picture(images, maps["attention"], fraction=args.attention_mass,
+                      heads=heads, patch_tokens=maps["patch_tokens"],
+                      norm_factor=args.norm_outlier_factor, min_height=160, path=args.attention_png)
+    outliers, frac = high_norm_tokens(token_norms(maps["patch_tokens"]), args.norm_outlier_factor)
+    block = args.attention_block % model.n_blocks
+    logger.info("wrote attention picture %s (%d images, block %d)", args.attention_png, len(images), block)
+    line = (f"high-norm patch tokens: {100 * frac:.2f} % ({int(outliers.sum())} of {outliers.size}; "
+            f"norm > {args.norm_outlier_factor:g} x the image's median) in {len(images)} images")
+    if model.num_register_tokens:  # how much of the cls token's attention the registers take
+        line += (f"; cls attention on the {model.num_register_tokens} registers in block {block}: "
+                 f"{100 * maps['register_attention'].sum(-1).mean():.1f} %")
+    print(line)
+    return maps
 
 
 if __name__ == "__main__":
