@@ -10,7 +10,8 @@ from flax import nnx
 from dinov2_jax.convert import load_torch_state_dict
 from dinov2_jax.models.layers.attention import Attention
 from dinov2_jax.models.vision_transformer import DinoVisionTransformer
-from test_vision_transformer import _randomise_torch, _timm_to_official  # tests/models is on sys.path
+from dinov2_jax.weights.layouts import timm_to_official
+from test_vision_transformer import _randomise_torch  # tests/models is on sys.path
 
 TOL = 1e-5
 
@@ -25,7 +26,7 @@ def _timm_and_jax(name, n_reg, depth=3, dim=64, heads=4, **tkw):
     if tkw.get("dynamic_img_size"):
         kw.update(interpolate_antialias=True, interpolate_offset=0.0)
     model = load_torch_state_dict(DinoVisionTransformer(**kw, rngs=nnx.Rngs(0)),
-                                  _timm_to_official(tm.state_dict(), n_reg))
+                                  timm_to_official({k: v.numpy() for k, v in tm.state_dict().items()}))
     return tm, model
 
 
