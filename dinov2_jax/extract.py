@@ -7,7 +7,8 @@ Preprocessing is the official eval transform: resize the shorter side to 256 (bi
 image_size * 256/224 for other sizes), center crop `image_size`, ImageNet normalisation.
 The .npz holds `cls` [N, D] (final-norm cls token), `files` [N] (paths relative to DIR, sorted),
 `patch_tokens` [N, h, w, D] when --patch-tokens (or needed for --pca-png, then saved too) and
-`register_tokens` [N, R, D] for register models.
+`register_tokens` [N, R, D] for register models; with --classifier HEAD.pth also `logits` [N, C] (top-5
+classes printed).
 """
 from __future__ import annotations
 
@@ -118,6 +119,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--pca-threshold", type=float, default=0.5,
                    help="foreground threshold on the min-max scaled first PCA component")
     p.add_argument("--pca-max-images", type=int, default=16, help="rows in the PCA picture")
+    p.add_argument("--classifier", default=None, help="official *_linear[4]_head.pth: print each image's "
+                   "top-5 ImageNet classes and save `logits` [N, 1000] (see dinov2_jax/hub_classifiers.py)")
     return p
 
 
@@ -134,6 +137,11 @@ def main(argv=None) -> int:
                          keep_patch_tokens=want_patches,
                          keep_images=args.pca_max_images if args.pca_png else 0)
     images = res.pop("images", None)
+    if args.classifier:
+        from dinov2_jax.hub_classifiers import classify_with_head_file
+
+        res["logits"] = classify_with_head_file(model, args.classifier, args.images, res["files"],
+                                                batch_size=args.batch_size, image_size=args.image_size)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     np.savez(args.out, **res)
     logger.info("wrote %s: %s", args.out, {k: v.shape for k, v in res.items()})
