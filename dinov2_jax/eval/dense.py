@@ -33,13 +33,12 @@ def match_pairs(image_dir: str, target_dir: str, stems=None, target_ext: str = "
         if not os.path.isdir(d):
             raise FileNotFoundError(f"{d!r} is not a directory")
     images = {os.path.splitext(f)[0]: os.path.join(image_dir, f) for f in list_images(image_dir)}
-    targets = {os.path.splitext(f)[0]: os.path.join(target_dir, f) for f in os.listdir(target_dir)
-               if f.endswith(target_ext)} if target_ext else \
-        {os.path.splitext(f)[0]: os.path.join(target_dir, f) for f in os.listdir(target_dir)}
+    targets = {os.path.splitext(f)[0]: os.path.join(target_dir, f) for f in sorted(os.listdir(target_dir))
+               if target_ext is None or f.endswith(target_ext)}
     if stems is None:
         stems = sorted(set(images) & set(targets))
         if not stems:
-            raise FileNotFoundError(f"no image in {image_dir!r} has a {target_ext} target of the same name in {target_dir!r}")
+            raise FileNotFoundError(f"no image in {image_dir!r} has a target of the same name in {target_dir!r}")
     missing = [s for s in stems if s not in images or s not in targets]
     if missing:
         raise FileNotFoundError(f"{len(missing)} listed samples lack an image or a target, e.g. {missing[:3]}")
