@@ -52,3 +52,30 @@ def test_bins_to_depth_linear_norm():
     logits = jnp.array([[-5.0, 0.0, 1.9, -1.0]])
     # relu + 0.1 -> [0.1, 0.1, 2.0, 0.1], bins linspace(0, 3, 4) = [0, 1, 2, 3]
     np.testing.assert_allclose(np.asarray(dh.bins_to_depth(logits, 0.0, 3.0)), [(0.1 + 4.0 + 0.3) / 2.3], rtol=1e-6)
+
+
+def test_hub_depther_names_and_checkpoint(tmp_path):
+    torch = pytest.importorskip("torch")
+    from dinov2_jax import hub_depthers
+
+    assert hub_depthers.head_file_name("dinov2_vitl14_ld", "kitti", 1) == "dinov2_vitl14_kitti_linear_head.pth"
+    assert hub_depthers.head_file_name("dinov2_vits14_ld") == "dinov2_vits14_nyu_linear4_head.pth"
+    import sys
+
+    official = os.environ.get("DINOV2_OFFICIAL_PATH", "/work/ref/dinov2")
+    if os.path.isdir(os.path.join(official, "dinov2")):
+        sys.path.insert(0, official)
+        from dinov2.hub import depthers
+
+        for name in hub_depthers.DEPTHER_NAMES:
+            assert callable(getattr(depthers, name))
+    # an mmcv-style checkpoint file -> the same head; a head of the wrong width is refused
+    w, b = make_depth.conv_weights(4)
+    path = str(tmp_path / "h.pth")
+    torch.save({"meta": {"iter": 1}, "state_dict": {"decode_head.conv_depth.weight": torch.from_numpy(w),
+                                                    "decode_head.conv_depth.bias": torch.from_numpy(b)}}, path)
+    head = dh.head_from_state_dict(hub_depthers.load_depth_checkpoint(path))
+    np.testing.assert_array_equal(dh.head_to_state_dict(head)["decode_head.conv_depth.weight"], w)
+    backbone = DinoVisionTransformer(img_size=56, patch_size=14, embed_dim=48, depth=4, num_heads=2, rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="input channels"):
+        hub_depthers.LinearDepther(backbone, head, (0, 1, 2, 3))

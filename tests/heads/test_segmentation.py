@@ -96,3 +96,26 @@ def test_cli_learns_colour_regions(tmp_path, head):
     assert os.path.getsize(os.path.join(out, "seg.png")) > 0
     head_sd = dict(np.load(os.path.join(out, "head.npz")))
     assert head_sd["decode_head.conv_seg.weight"].shape == (4, 32 * sh.HEAD_LAYERS[head], 1, 1)
+
+
+def test_voc_layout_palette_masks(tmp_path):
+    from PIL import Image
+
+    from dinov2_jax.eval.dense import label_palette
+
+    for d in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
+        (tmp_path / d).mkdir(parents=True)
+    m = np.array([[0, 15], [255, 20]], np.uint8)
+    for stem in ("2007_000032", "2007_000039"):
+        Image.fromarray(np.zeros((2, 2, 3), np.uint8)).save(tmp_path / "JPEGImages" / f"{stem}.jpg")
+        p = Image.fromarray(m, mode="P")
+        p.putpalette(label_palette(256).ravel().tolist())  # VOC masks are palette PNGs: indices are labels
+        p.save(tmp_path / "SegmentationClass" / f"{stem}.png")
+    (tmp_path / "ImageSets/Segmentation/val.txt").write_text("2007_000039\n")
+    pairs = seg.dataset_pairs(str(tmp_path), "voc", "val")
+    assert [os.path.basename(p) for p, _ in pairs] == ["2007_000039.jpg"]
+    np.testing.assert_array_equal(seg.load_mask(pairs[0][1], 2, "voc"), m)
+    assert tuple(label_palette()[15]) == (192, 128, 128)  # VOC "person"
+    (tmp_path / "ImageSets/Segmentation/train.txt").write_text("2007_999999\n")
+    with pytest.raises(FileNotFoundError, match="lack an image or a target"):
+        seg.dataset_pairs(str(tmp_path), "voc", "train")
