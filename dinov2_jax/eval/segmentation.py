@@ -13,7 +13,8 @@ Layouts (targets are PNG label maps):
   folder: ROOT/{train,val}/images/* + ROOT/{train,val}/masks/*.png (same stem); --num-classes required,
           --ignore-index (255) ignored.
 Images and masks are resized to --image-size square (bicubic / nearest) and the backbone runs once per
-image (features cached: no augmentation); mIoU is measured at that resolution (whole-image inference).
+image (features cached: no augmentation); mIoU is measured at that resolution (whole-image inference), or
+with --slide-stride on val images resized to --eval-size, in --image-size windows (mmseg slide inference).
 Optimiser: AdamW (lr 1e-3, wd 1e-4) with linear ("poly", power 1) decay, as the official linear configs.
 """
 from __future__ import annotations
@@ -32,7 +33,8 @@ import optax
 from flax import nnx
 
 from dinov2_jax.eval import dense
-from dinov2_jax.models.heads.segmentation import HEAD_LAYERS, SegmentationHead, head_to_state_dict, patch_features, resize_bilinear
+from dinov2_jax.models.heads.segmentation import (HEAD_LAYERS, SegmentationHead, head_to_state_dict, patch_features,
+                                                  resize_bilinear, slide_logits)
 
 logger = logging.getLogger("dinov2_jax.eval.segmentation")
 
@@ -147,10 +149,29 @@ def predict(head: SegmentationHead, feats: np.ndarray, size, batch_size: int = 8
                            for s in range(0, len(feats), batch_size)])
 
 
-def evaluate(head, feats, masks, num_classes, batch_size: int = 8) -> dict:
-    pred = predict(head, feats, masks.shape[1:3], batch_size)
+def seg_metrics(pred, masks, num_classes: int) -> dict:
+    """{"mIoU", "aAcc", "per_class_iou"} of predicted vs target label maps [N, H, W]."""
     miou, iou, acc = iou_from_confusion(confusion_matrix(pred, masks, num_classes))
-    return {"mIoU": miou, "aAcc": acc, "per_class_iou": [None if np.isnan(v) else float(v) for v in iou]}, pred
+    return {"mIoU": miou, "aAcc": acc, "per_class_iou": [None if np.isnan(v) else float(v) for v in iou]}
+
+
+def evaluate(head, feats, masks, num_classes, batch_size: int = 8) -> tuple[dict, np.ndarray]:
+    """Whole-image evaluation on cached features -> (seg_metrics, predicted labels [N, H, W])."""
+    pred = predict(head, feats, masks.shape[1:3], batch_size)
+    return seg_metrics(pred, masks, num_classes), pred
+
+
+def predict_slide(backbone, head: SegmentationHead, images, n_layers: int, crop: int, stride: int) -> np.ndarray:
+    """Sliding-window prediction on full images [N, H, W, 3] (windows crop x crop, run through backbone + head,
+    logits upsampled to the window and averaged where windows overlap) -> labels [N, H, W]."""
+    graphdef, state = nnx.split((backbone, head))
+
+    @jax.jit
+    def fn(state, x):
+        bb, hd = nnx.merge(graphdef, state)
+        return resize_bilinear(hd(patch_features(bb, x, n_layers)), x.shape[1:3])
+
+    return np.stack([np.argmax(slide_logits(lambda x: fn(state, x), im, crop, stride), -1) for im in images])
 
 
 def save_picture(images, pred, masks, path: str, n: int = 4) -> None:
@@ -175,6 +196,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--weight-decay", type=float, default=1e-4)
+    p.add_argument("--slide-stride", type=int, default=0,
+                   help="> 0: evaluate with sliding windows of --image-size at this stride on val images "
+                        "resized to --eval-size (0: whole-image inference at --image-size)")
+    p.add_argument("--eval-size", type=int, default=None, help="val image size for --slide-stride (default: image-size)")
     p.add_argument("--max-samples", type=int, default=None, help="use only the first N images of each split")
     p.add_argument("--out-dir", required=True)
     p.add_argument("--seed", type=int, default=0)
@@ -191,17 +216,25 @@ def main(argv=None) -> int:
     dense.check_size(args.image_size, model.patch_size)
     n_layers = HEAD_LAYERS[args.head]
     feat_fn = dense.make_feature_fn(model, partial(patch_features, n_layers=n_layers))
-    data = {}
-    for split in ("train", "val"):
-        images, masks = load_split(args.data, args.layout, split, args.image_size, args.max_samples)
-        data[split] = (images, dense.batched(feat_fn, images, args.batch_size), masks)
-        logger.info("%s: %d images, features %s", split, len(images), data[split][1].shape)
-    head = train_head(data["train"][1], data["train"][2], num_classes, iters=args.iters, batch_size=args.batch_size,
+    images, masks = load_split(args.data, args.layout, "train", args.image_size, args.max_samples)
+    feats = dense.batched(feat_fn, images, args.batch_size)
+    logger.info("train: %d images, features %s", len(images), feats.shape)
+    head = train_head(feats, masks, num_classes, iters=args.iters, batch_size=args.batch_size,
                       lr=args.lr, weight_decay=args.weight_decay, seed=args.seed)
-    images, feats, masks = data["val"]
-    metrics, pred = evaluate(head, feats, masks, num_classes, args.batch_size)
+    n_train = len(images)
+    if args.slide_stride > 0:
+        eval_size = args.eval_size or args.image_size
+        images, masks = load_split(args.data, args.layout, "val", eval_size, args.max_samples)
+        pred = predict_slide(model, head, images, n_layers, args.image_size, args.slide_stride)
+        metrics = seg_metrics(pred, masks, num_classes)
+        mode = dict(inference="slide", eval_size=eval_size, stride=args.slide_stride)
+    else:
+        images, masks = load_split(args.data, args.layout, "val", args.image_size, args.max_samples)
+        metrics, pred = evaluate(head, dense.batched(feat_fn, images, args.batch_size), masks, num_classes,
+                                 args.batch_size)
+        mode = dict(inference="whole")
     metrics.update(head=args.head, layout=args.layout, image_size=args.image_size, iters=args.iters,
-                   n_train=len(data["train"][0]), n_val=len(images))
+                   n_train=n_train, n_val=len(images), **mode)
     os.makedirs(args.out_dir, exist_ok=True)
     with open(os.path.join(args.out_dir, "metrics.json"), "w") as f:
         json.dump(metrics, f, indent=1)

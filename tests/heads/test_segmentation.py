@@ -119,3 +119,31 @@ def test_voc_layout_palette_masks(tmp_path):
     (tmp_path / "ImageSets/Segmentation/train.txt").write_text("2007_999999\n")
     with pytest.raises(FileNotFoundError, match="lack an image or a target"):
         seg.dataset_pairs(str(tmp_path), "voc", "train")
+
+
+def test_sliding_windows_follow_mmseg_and_agree_with_whole_image():
+    # mmseg grid: n = ceil((H - crop) / stride) + 1, last window shifted back inside the image
+    assert sh.window_starts(100, 56, 28) == [0, 28, 44]
+    assert sh.window_starts(56, 56, 28) == [0]
+    with pytest.raises(ValueError, match="smaller than the sliding window"):
+        sh.window_starts(40, 56, 28)
+    # a per-pixel (1x1) logits function is window-independent: sliding average == whole image
+    w = np.random.default_rng(0).normal(size=(3, 5)).astype(np.float32)
+    img = np.random.default_rng(1).normal(size=(70, 98, 3)).astype(np.float32)
+    got = sh.slide_logits(lambda x: x @ w, img, 42, 14)
+    np.testing.assert_allclose(got, img @ w, rtol=1e-5, atol=1e-5)
+    # overlap counting: a logits function returning ones on every window averages to ones
+    np.testing.assert_allclose(sh.slide_logits(lambda x: np.ones(x.shape[:3] + (2,)), img, 42, 28), 1.0)
+
+
+def test_cli_sliding_window_eval(tmp_path):
+    root = str(tmp_path / "data")
+    for split, seed, n in (("train", 0, 16), ("val", 1, 4)):
+        write_seg_folder(root, split, *colour_regions(n, size=84, cell=28, seed=seed))
+    wdir = tiny_backbone_dir(str(tmp_path / "backbone"))
+    out = str(tmp_path / "out")
+    assert seg.main(["--weights", wdir, "--data", root, "--layout", "folder", "--num-classes", "4",
+                     "--image-size", "56", "--iters", "150", "--lr", "1e-2", "--slide-stride", "28",
+                     "--eval-size", "84", "--out-dir", out]) == 0
+    m = json.load(open(os.path.join(out, "metrics.json")))
+    assert m["inference"] == "slide" and m["eval_size"] == 84 and m["mIoU"] > 0.9, m

@@ -109,3 +109,26 @@ def head_to_state_dict(head: SegmentationHead) -> dict[str, np.ndarray]:
             "decode_head.bn.running_var": g(head.bn.running_var),
             "decode_head.conv_seg.weight": g(head.kernel).T[:, :, None, None].copy(),
             "decode_head.conv_seg.bias": g(head.bias)}
+
+
+def window_starts(size: int, crop: int, stride: int) -> list[int]:
+    """Start offsets of mmseg's sliding windows along one axis (the last window is shifted to end at `size`)."""
+    if size < crop:
+        raise ValueError(f"image side {size} is smaller than the sliding window {crop}; use a smaller crop")
+    n = max(size - crop + stride - 1, 0) // stride + 1
+    return [max(min(i * stride + crop, size) - crop, 0) for i in range(n)]
+
+
+def slide_logits(logits_fn, image, crop: int, stride: int) -> np.ndarray:
+    """Sliding-window inference (mmseg `slide_inference`): image [H, W, 3] -> mean of the overlapping
+    windows' logits [H, W, K]; logits_fn maps crops [n, crop, crop, 3] -> logits [n, crop, crop, K]."""
+    image = np.asarray(image)
+    h, w = image.shape[:2]
+    boxes = [(y, x) for y in window_starts(h, crop, stride) for x in window_starts(w, crop, stride)]
+    out = np.asarray(logits_fn(np.stack([image[y:y + crop, x:x + crop] for y, x in boxes])), np.float32)
+    acc = np.zeros((h, w, out.shape[-1]), np.float32)
+    count = np.zeros((h, w, 1), np.float32)
+    for (y, x), o in zip(boxes, out):
+        acc[y:y + crop, x:x + crop] += o
+        count[y:y + crop, x:x + crop] += 1
+    return acc / count
