@@ -182,6 +182,23 @@ def save_picture(images, pred, masks, path: str, n: int = 4) -> None:
     dense.save_triptych(rows, path)
 
 
+def load_head_weights(path: str, in_channels: int, num_classes: int) -> SegmentationHead:
+    """Head from an official mmseg checkpoint (.pth, torch weights_only) or a head.npz; shapes checked."""
+    from dinov2_jax.models.heads.segmentation import head_from_state_dict
+
+    if path.endswith(".npz"):
+        with np.load(path) as d:
+            head = head_from_state_dict({k: d[k] for k in d.files})
+    else:
+        import torch
+
+        head = head_from_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    if (head.in_channels, head.num_classes) != (in_channels, num_classes):
+        raise SystemExit(f"--head-weights {path!r} has {head.in_channels} input channels / {head.num_classes} classes; "
+                         f"this backbone and --head give {in_channels} / --num-classes {num_classes}")
+    return head
+
+
 # ---- CLI ------------------------------------------------------------------------------------------
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser("python -m dinov2_jax.eval.segmentation",
@@ -193,6 +210,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--head", default="linear", choices=sorted(HEAD_LAYERS), help="linear: last block; ms: last 4")
     p.add_argument("--image-size", type=int, default=518, help="square input size (multiple of the patch size)")
     p.add_argument("--iters", type=int, default=4000)
+    p.add_argument("--head-weights", default=None,
+                   help="evaluate this head instead of training one: official mmseg .pth (decode_head.bn/conv_seg) "
+                        "or the head.npz this CLI writes")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--weight-decay", type=float, default=1e-4)
@@ -216,12 +236,15 @@ def main(argv=None) -> int:
     dense.check_size(args.image_size, model.patch_size)
     n_layers = HEAD_LAYERS[args.head]
     feat_fn = dense.make_feature_fn(model, partial(patch_features, n_layers=n_layers))
-    images, masks = load_split(args.data, args.layout, "train", args.image_size, args.max_samples)
-    feats = dense.batched(feat_fn, images, args.batch_size)
-    logger.info("train: %d images, features %s", len(images), feats.shape)
-    head = train_head(feats, masks, num_classes, iters=args.iters, batch_size=args.batch_size,
-                      lr=args.lr, weight_decay=args.weight_decay, seed=args.seed)
-    n_train = len(images)
+    if args.head_weights:
+        head, n_train = load_head_weights(args.head_weights, model.embed_dim * n_layers, num_classes), 0
+    else:
+        images, masks = load_split(args.data, args.layout, "train", args.image_size, args.max_samples)
+        feats = dense.batched(feat_fn, images, args.batch_size)
+        logger.info("train: %d images, features %s", len(images), feats.shape)
+        head = train_head(feats, masks, num_classes, iters=args.iters, batch_size=args.batch_size,
+                          lr=args.lr, weight_decay=args.weight_decay, seed=args.seed)
+        n_train = len(images)
     if args.slide_stride > 0:
         eval_size = args.eval_size or args.image_size
         images, masks = load_split(args.data, args.layout, "val", eval_size, args.max_samples)

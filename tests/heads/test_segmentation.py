@@ -96,6 +96,18 @@ def test_cli_learns_colour_regions(tmp_path, head):
     assert os.path.getsize(os.path.join(out, "seg.png")) > 0
     head_sd = dict(np.load(os.path.join(out, "head.npz")))
     assert head_sd["decode_head.conv_seg.weight"].shape == (4, 32 * sh.HEAD_LAYERS[head], 1, 1)
+    if head == "linear":  # the written head, evaluated again without training, gives the same numbers
+        torch = pytest.importorskip("torch")
+        pth = str(tmp_path / "head.pth")
+        torch.save({"meta": {}, "state_dict": {k: torch.from_numpy(v) for k, v in head_sd.items()}}, pth)
+        out2 = str(tmp_path / "out2")
+        assert seg.main(["--weights", wdir, "--data", root, "--layout", "folder", "--num-classes", "4",
+                         "--image-size", "56", "--head-weights", pth, "--out-dir", out2]) == 0
+        m2 = json.load(open(os.path.join(out2, "metrics.json")))
+        assert m2["mIoU"] == pytest.approx(m["mIoU"], abs=1e-9) and m2["n_train"] == 0
+        with pytest.raises(SystemExit, match="input channels"):
+            seg.main(["--weights", wdir, "--data", root, "--layout", "folder", "--num-classes", "4", "--head", "ms",
+                      "--image-size", "56", "--head-weights", pth, "--out-dir", out2])
 
 
 def test_voc_layout_palette_masks(tmp_path):
