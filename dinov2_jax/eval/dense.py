@@ -57,7 +57,7 @@ def check_size(image_size: int, patch: int) -> None:
                          f"use {image_size // patch * patch} or {(image_size // patch + 1) * patch}")
 
 
-def make_feature_fn(backbone, feature_fn):
+def make_frozen_feature_fn(backbone, feature_fn):
     """Jitted images [B, H, W, 3] -> feature_fn(backbone, images) (float32), backbone frozen."""
     from flax import nnx
 

@@ -190,7 +190,7 @@ def main(argv=None) -> int:
         logger.info("no official block indices for depth %d: using the last 4 %s", model.n_blocks, out_index)
     else:
         out_index = official_out_index(model.n_blocks, args.layers)
-    feat_fn = dense.make_feature_fn(model, partial(depth_features, out_index=out_index))
+    feat_fn = dense.make_frozen_feature_fn(model, partial(depth_features, out_index=out_index))
     data = {}
     for split in ("train", "val"):
         pairs = dataset_pairs(args.data, args.layout, split)[:args.max_samples or None]

@@ -143,7 +143,7 @@ def retrieval_eval(model, images_dir: str, cfg: dict, *, image_size: int = 224, 
     """Extract descriptors, rank, score. -> {"mAP_medium", "mAP_hard", "rankings", "ap_medium", "ap_hard"}."""
     from dinov2_jax.eval import dense
 
-    fn = dense.make_feature_fn(model, lambda m, x: m.forward_features(x)["x_norm_clstoken"])
+    fn = dense.make_frozen_feature_fn(model, lambda m, x: m.forward_features(x)["x_norm_clstoken"])
     db = np.stack([load_image(image_path(images_dir, n), image_size) for n in cfg["imlist"]])
     qs = np.stack([load_image(image_path(images_dir, n), image_size, g.get("bbx"))
                    for n, g in zip(cfg["qimlist"], cfg["gnd"])])

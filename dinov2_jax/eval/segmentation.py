@@ -235,7 +235,7 @@ def main(argv=None) -> int:
     model = dense.load_model(args)
     dense.check_size(args.image_size, model.patch_size)
     n_layers = HEAD_LAYERS[args.head]
-    feat_fn = dense.make_feature_fn(model, partial(patch_features, n_layers=n_layers))
+    feat_fn = dense.make_frozen_feature_fn(model, partial(patch_features, n_layers=n_layers))
     if args.head_weights:
         head, n_train = load_head_weights(args.head_weights, model.embed_dim * n_layers, num_classes), 0
     else:
