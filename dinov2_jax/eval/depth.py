@@ -149,6 +149,19 @@ def save_picture(images, pred, gt, path: str, max_depth: float, n: int = 4) -> N
     dense.save_triptych(rows, path)
 
 
+def load_head_weights(path: str, head_range: str | None = None) -> LinearDepthHead:
+    """Official depther checkpoint (.pth) or a head.npz -> LinearDepthHead with bins over head_range."""
+    from dinov2_jax.models.heads.depth import HUB_DEPTH_RANGE, head_from_state_dict
+
+    lo, hi = (float(v) for v in head_range.split(",")) if head_range else HUB_DEPTH_RANGE
+    if path.endswith(".npz"):
+        with np.load(path) as d:
+            return head_from_state_dict({k: d[k] for k in d.files}, lo, hi)
+    from dinov2_jax.hub_depthers import load_depth_checkpoint
+
+    return head_from_state_dict(load_depth_checkpoint(path), lo, hi)
+
+
 # ---- CLI ------------------------------------------------------------------------------------------
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser("python -m dinov2_jax.eval.depth", description="Linear depth on a frozen DINOv2 backbone")
@@ -162,6 +175,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--depth-scale", type=float, default=None, help="PNG value per metre (default 1000 nyu, 256 kitti)")
     p.add_argument("--image-size", type=int, default=476, help="square input size (multiple of the patch size)")
     p.add_argument("--iters", type=int, default=4000)
+    p.add_argument("--head-weights", default=None,
+                   help="evaluate this head instead of training one: official *_{nyu,kitti}_linear[4]_head.pth or "
+                        "a head.npz from this CLI (blocks from its width; bins over --head-range)")
+    p.add_argument("--head-range", default=None,
+                   help="'min,max' of the given head's bins (default: the hub's 0.001,80 as the official builder)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--weight-decay", type=float, default=1e-4)
@@ -183,6 +201,14 @@ def main(argv=None) -> int:
     scale = args.depth_scale or spec["scale"]
     model = dense.load_model(args)
     dense.check_size(args.image_size, model.patch_size)
+    head = None
+    if args.head_weights:
+        head = load_head_weights(args.head_weights, args.head_range)
+        layers, rem = divmod(head.in_channels, 2 * model.embed_dim)
+        if rem or (layers not in (1, 4) and not args.out_index):
+            raise SystemExit(f"--head-weights {args.head_weights!r}: {head.in_channels} input channels do not fit "
+                             f"1 or 4 blocks of this {model.embed_dim}-dim backbone")
+        args.layers = layers
     if args.out_index:
         out_index = tuple(int(i) for i in args.out_index.split(","))
     elif args.layers == 4 and model.n_blocks not in (12, 24, 40):
@@ -191,20 +217,27 @@ def main(argv=None) -> int:
     else:
         out_index = official_out_index(model.n_blocks, args.layers)
     feat_fn = dense.make_frozen_feature_fn(model, partial(depth_features, out_index=out_index))
+    if head is not None and head.in_channels != 2 * model.embed_dim * len(out_index):
+        raise SystemExit(f"--head-weights has {head.in_channels} input channels; --out-index {out_index} gives "
+                         f"{2 * model.embed_dim * len(out_index)}")
     data = {}
-    for split in ("train", "val"):
+    for split in (("val",) if head is not None else ("train", "val")):
         pairs = dataset_pairs(args.data, args.layout, split)[:args.max_samples or None]
         images = np.stack([dense.load_resized_image(p, (args.image_size, args.image_size)) for p, _ in pairs])
         depths = np.stack([load_depth(d, args.image_size, scale) for _, d in pairs])
         data[split] = (images, dense.batched(feat_fn, images, args.batch_size), depths)
         logger.info("%s: %d images, features %s", split, len(images), data[split][1].shape)
-    head = train_head(data["train"][1], data["train"][2], min_depth=min_depth, max_depth=max_depth, iters=args.iters,
-                      batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, seed=args.seed)
+    if head is None:
+        head = train_head(data["train"][1], data["train"][2], min_depth=min_depth, max_depth=max_depth,
+                          iters=args.iters, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
+                          seed=args.seed)
     images, feats, gt = data["val"]
     pred = predict(head, feats, gt.shape[1:3], args.batch_size)
     metrics = depth_metrics(pred, gt, min_depth, max_depth)
     metrics.update(layout=args.layout, out_index=list(out_index), depth_range=[min_depth, max_depth],
-                   image_size=args.image_size, iters=args.iters, n_train=len(data["train"][0]))
+                   image_size=args.image_size, iters=0 if args.head_weights else args.iters,
+                   n_train=len(data["train"][0]) if "train" in data else 0,
+                   head_range=[head.min_depth, head.max_depth])
     os.makedirs(args.out_dir, exist_ok=True)
     with open(os.path.join(args.out_dir, "metrics.json"), "w") as f:
         json.dump(metrics, f, indent=1)

@@ -60,3 +60,10 @@ def test_cli_learns_smooth_depth(tmp_path):
     # predicting the train-set mean depth gives abs-rel 0.20 / delta1 0.67 here; measured: 0.019 / 1.0
     assert m["abs_rel"] < 0.04 and m["delta1"] > 0.99, m
     assert os.path.getsize(os.path.join(out, "depth.png")) > 0
+    # the written head, evaluated again without training (bins over the training range), gives the same numbers
+    out2 = str(tmp_path / "out2")
+    assert de.main(["--weights", wdir, "--data", root, "--layout", "folder", "--max-depth", "10", "--image-size", "56",
+                    "--head-weights", os.path.join(out, "head.npz"), "--head-range", "0.001,10", "--out-dir", out2]) == 0
+    m2 = json.load(open(os.path.join(out2, "metrics.json")))
+    assert m2["abs_rel"] == pytest.approx(m["abs_rel"], rel=1e-6) and m2["n_train"] == 0
+    assert m2["out_index"] == [0, 1, 2, 3]
