@@ -129,3 +129,17 @@ def test_extract_cli_prints_top5(tmp_path, capsys):
     feats = np.concatenate([d["cls"], d["patch_tokens"].reshape(3, -1, 32).mean(1)], 1)
     expect = feats @ lin.weight.detach().numpy().T + lin.bias.detach().numpy()
     np.testing.assert_allclose(d["logits"], expect, rtol=1e-5, atol=1e-5)
+
+
+def test_load_classifier_hub_name(tmp_path):
+    """Hub entry point: ViT-S/14 backbone (random here) + a 4-layer head file; layers read from the file."""
+    torch = pytest.importorskip("torch")
+    torch.save(torch.nn.Linear(5 * 384, 1000).state_dict(), str(tmp_path / "h4.pth"))
+    clf = hub_classifiers.load_classifier("dinov2_vits14_lc", None, head=str(tmp_path / "h4.pth"))
+    assert clf.head.layers == 4 and clf.backbone.embed_dim == 384
+    assert clf(np.zeros((1, 28, 28, 3), np.float32)).shape == (1, 1000)
+    with pytest.raises(ValueError, match="1-layer"):
+        torch.save(torch.nn.Linear(2 * 384, 1000).state_dict(), str(tmp_path / "h1.pth"))
+        hub_classifiers.load_classifier("dinov2_vits14_lc", None, head=str(tmp_path / "h1.pth"), layers=4)
+    with pytest.raises(ValueError, match="unknown classifier"):
+        hub_classifiers.load_classifier("dinov2_vits14")
