@@ -3,6 +3,7 @@ frozen-backbone feature caching, colour palette and the input / prediction / tar
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 
 import jax
@@ -127,3 +128,42 @@ def save_triptych(rows, path: str, pad: int = 4, min_height: int = 96) -> None:
             canvas.paste(Image.fromarray(im).resize((ww, hh), Image.NEAREST), (pad + j * (ww + pad), pad + i * (hh + pad)))
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     canvas.save(path)
+
+
+def iterate_pairs(pairs, load_pair, feat_fn, batch_size: int):
+    """Yield (images [b, H, W, 3], features [b, ...], targets [b, ...]) over `pairs` in order, loading from disk
+    batch by batch (fixed batch shape for feat_fn: the last batch is padded, then cut)."""
+    for s in range(0, len(pairs), batch_size):
+        loaded = [load_pair(p) for p in pairs[s:s + batch_size]]
+        images = np.stack([im for im, _ in loaded])
+        targets = np.stack([t for _, t in loaded])
+        yield images, batched(feat_fn, images, batch_size), targets
+
+
+class TrainBatches:
+    """Training batches (frozen features, targets) by index. The features are computed once and kept in memory
+    when they fit in `cache_gb`; otherwise images are read and the backbone runs at every step."""
+
+    def __init__(self, pairs, load_pair, feat_fn, batch_size: int, cache_gb: float = 4.0):
+        self.pairs, self.load_pair, self.feat_fn, self.batch_size = list(pairs), load_pair, feat_fn, batch_size
+        first = next(iterate_pairs(self.pairs[:1], load_pair, feat_fn, batch_size))
+        self.feature_shape, self.target_shape = first[1].shape[1:], first[2].shape[1:]
+        need = len(self.pairs) * (np.prod(self.feature_shape) * 4 + np.prod(self.target_shape) * 4) / 2 ** 30
+        self.cached = need <= cache_gb
+        logging.getLogger("dinov2_jax.eval.dense").info(
+            "%d training images, features %s: %s (%.2f GiB)", len(self.pairs), self.feature_shape,
+            "cached in memory" if self.cached else "recomputed each step (over --cache-gb)", need)
+        if self.cached:
+            parts = list(iterate_pairs(self.pairs, load_pair, feat_fn, batch_size))
+            self.feats = np.concatenate([f for _, f, _ in parts])
+            self.targets = np.concatenate([t for _, _, t in parts])
+
+    def __len__(self):
+        return len(self.pairs)
+
+    def __call__(self, idx):
+        """idx [b] -> (features [b, ...], targets [b, ...])."""
+        if self.cached:
+            return self.feats[idx], self.targets[idx]
+        _, f, t = next(iterate_pairs([self.pairs[i] for i in idx], self.load_pair, self.feat_fn, len(idx)))
+        return f, t

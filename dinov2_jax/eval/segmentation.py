@@ -12,8 +12,8 @@ Layouts (targets are PNG label maps):
           ROOT/ImageSets/Segmentation/{train,val}.txt; 21 classes, 255 = ignore (object borders).
   folder: ROOT/{train,val}/images/* + ROOT/{train,val}/masks/*.png (same stem); --num-classes required,
           --ignore-index (255) ignored.
-Images and masks are resized to --image-size square (bicubic / nearest) and the backbone runs once per
-image (features cached: no augmentation); mIoU is measured at that resolution (whole-image inference), or
+Images and masks are resized to --image-size square (bicubic / nearest); no augmentation, so the training
+features are computed once and cached when they fit in --cache-gb (else recomputed at every step); mIoU is measured at that resolution (whole-image inference), or
 with --slide-stride on val images resized to --eval-size, in --image-size windows (mmseg slide inference).
 Optimiser: AdamW (lr 1e-3, wd 1e-4) with linear ("poly", power 1) decay, as the official linear configs.
 """
@@ -98,13 +98,9 @@ def load_mask(path: str, size: int, layout: str) -> np.ndarray:
     return m.astype(np.uint8)
 
 
-def load_split(root, layout, split, size, max_samples=None):
-    pairs = dataset_pairs(root, layout, split)
-    if max_samples:
-        pairs = pairs[:max_samples]
-    images = np.stack([dense.load_resized_image(p, (size, size)) for p, _ in pairs])
-    masks = np.stack([load_mask(m, size, layout) for _, m in pairs])
-    return images, masks
+def pair_loader(size: int, layout: str):
+    """(image path, mask path) -> (normalised image [size, size, 3], mask uint8 [size, size])."""
+    return lambda pair: (dense.load_resized_image(pair[0], (size, size)), load_mask(pair[1], size, layout))
 
 
 # ---- training -------------------------------------------------------------------------------------
@@ -115,13 +111,14 @@ def seg_loss(logits, masks, ignore_index: int = IGNORE_INDEX):
     return jnp.sum(ce * valid) / jnp.maximum(valid.sum(), 1)
 
 
-def train_head(feats: np.ndarray, masks: np.ndarray, num_classes: int, *, iters: int = 1000, batch_size: int = 8,
-               lr: float = 1e-3, weight_decay: float = 1e-4, seed: int = 0, log_every: int = 100) -> SegmentationHead:
-    """Fit a SegmentationHead on cached features [N, h, w, C] against masks [N, H, W] (AdamW, poly decay)."""
-    head = SegmentationHead(feats.shape[-1], num_classes, rngs=nnx.Rngs(seed))
+def train_head(batches, num_classes: int, *, iters: int = 1000, batch_size: int = 8, lr: float = 1e-3,
+               weight_decay: float = 1e-4, seed: int = 0, log_every: int = 100) -> SegmentationHead:
+    """Fit a SegmentationHead (AdamW, linear decay). batches: `dense.TrainBatches` (or any callable
+    idx [b] -> (features [b, h, w, C], masks [b, H, W]) with len() = number of images)."""
+    head = SegmentationHead(batches.feature_shape[-1], num_classes, rngs=nnx.Rngs(seed))
     sched = optax.linear_schedule(lr, 0.0, iters)
     opt = nnx.Optimizer(head, optax.adamw(sched, weight_decay=weight_decay), wrt=nnx.Param)
-    size = masks.shape[1:3]
+    size = batches.target_shape[:2]
 
     @nnx.jit
     def step(head, opt, f, m):
@@ -133,10 +130,10 @@ def train_head(feats: np.ndarray, masks: np.ndarray, num_classes: int, *, iters:
         return loss
 
     rng = np.random.default_rng(seed)
-    bs = min(batch_size, len(feats))
+    bs = min(batch_size, len(batches))
     for it in range(iters):
-        idx = rng.choice(len(feats), bs, replace=False)
-        loss = step(head, opt, jnp.asarray(feats[idx]), jnp.asarray(masks[idx]))
+        f, m = batches(rng.choice(len(batches), bs, replace=False))
+        loss = step(head, opt, jnp.asarray(f), jnp.asarray(m))
         if log_every and (it % log_every == 0 or it == iters - 1):
             logger.info("iter %d/%d loss %.4f", it, iters, float(loss))
     return head
@@ -149,16 +146,23 @@ def predict(head: SegmentationHead, feats: np.ndarray, size, batch_size: int = 8
                            for s in range(0, len(feats), batch_size)])
 
 
-def seg_metrics(pred, masks, num_classes: int) -> dict:
-    """{"mIoU", "aAcc", "per_class_iou"} of predicted vs target label maps [N, H, W]."""
-    miou, iou, acc = iou_from_confusion(confusion_matrix(pred, masks, num_classes))
+def metrics_from_confusion(conf) -> dict:
+    miou, iou, acc = iou_from_confusion(conf)
     return {"mIoU": miou, "aAcc": acc, "per_class_iou": [None if np.isnan(v) else float(v) for v in iou]}
 
 
-def evaluate(head, feats, masks, num_classes, batch_size: int = 8) -> tuple[dict, np.ndarray]:
-    """Whole-image evaluation on cached features -> (seg_metrics, predicted labels [N, H, W])."""
-    pred = predict(head, feats, masks.shape[1:3], batch_size)
-    return seg_metrics(pred, masks, num_classes), pred
+def evaluate_pairs(predict_batch, pairs, load_pair, num_classes: int, batch_size: int, keep: int = 4):
+    """Stream the val pairs: predict_batch(images) -> labels; -> (metrics, first `keep` (images, preds, masks))."""
+    conf = np.zeros((num_classes, num_classes), np.int64)
+    shown = []
+    for s in range(0, len(pairs), batch_size):
+        loaded = [load_pair(p) for p in pairs[s:s + batch_size]]
+        images, masks = np.stack([i for i, _ in loaded]), np.stack([m for _, m in loaded])
+        pred = predict_batch(images)
+        conf += confusion_matrix(pred, masks, num_classes)
+        if len(shown) < keep:
+            shown += list(zip(images, pred, masks))[:keep - len(shown)]
+    return metrics_from_confusion(conf), [np.stack(a) for a in zip(*shown)]
 
 
 def predict_slide(backbone, head: SegmentationHead, images, n_layers: int, crop: int, stride: int) -> np.ndarray:
@@ -220,6 +224,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="> 0: evaluate with sliding windows of --image-size at this stride on val images "
                         "resized to --eval-size (0: whole-image inference at --image-size)")
     p.add_argument("--eval-size", type=int, default=None, help="val image size for --slide-stride (default: image-size)")
+    p.add_argument("--cache-gb", type=float, default=4.0,
+                   help="keep the training features in memory up to this size, else recompute them every step")
     p.add_argument("--max-samples", type=int, default=None, help="use only the first N images of each split")
     p.add_argument("--out-dir", required=True)
     p.add_argument("--seed", type=int, default=0)
@@ -239,31 +245,31 @@ def main(argv=None) -> int:
     if args.head_weights:
         head, n_train = load_head_weights(args.head_weights, model.embed_dim * n_layers, num_classes), 0
     else:
-        images, masks = load_split(args.data, args.layout, "train", args.image_size, args.max_samples)
-        feats = dense.batched(feat_fn, images, args.batch_size)
-        logger.info("train: %d images, features %s", len(images), feats.shape)
-        head = train_head(feats, masks, num_classes, iters=args.iters, batch_size=args.batch_size,
+        pairs = dataset_pairs(args.data, args.layout, "train")[:args.max_samples or None]
+        batches = dense.TrainBatches(pairs, pair_loader(args.image_size, args.layout), feat_fn, args.batch_size,
+                                     args.cache_gb)
+        head = train_head(batches, num_classes, iters=args.iters, batch_size=args.batch_size,
                           lr=args.lr, weight_decay=args.weight_decay, seed=args.seed)
-        n_train = len(images)
+        n_train = len(pairs)
+    val_pairs = dataset_pairs(args.data, args.layout, "val")[:args.max_samples or None]
     if args.slide_stride > 0:
         eval_size = args.eval_size or args.image_size
-        images, masks = load_split(args.data, args.layout, "val", eval_size, args.max_samples)
-        pred = predict_slide(model, head, images, n_layers, args.image_size, args.slide_stride)
-        metrics = seg_metrics(pred, masks, num_classes)
+        predict_batch = lambda ims: predict_slide(model, head, ims, n_layers, args.image_size, args.slide_stride)  # noqa: E731
         mode = dict(inference="slide", eval_size=eval_size, stride=args.slide_stride)
     else:
-        images, masks = load_split(args.data, args.layout, "val", args.image_size, args.max_samples)
-        metrics, pred = evaluate(head, dense.batched(feat_fn, images, args.batch_size), masks, num_classes,
-                                 args.batch_size)
+        eval_size = args.image_size
+        predict_batch = lambda ims: predict(head, dense.batched(feat_fn, ims, args.batch_size), ims.shape[1:3])  # noqa: E731
         mode = dict(inference="whole")
+    metrics, (images, pred, masks) = evaluate_pairs(predict_batch, val_pairs, pair_loader(eval_size, args.layout),
+                                                    num_classes, args.batch_size)
     metrics.update(head=args.head, layout=args.layout, image_size=args.image_size, iters=args.iters,
-                   n_train=n_train, n_val=len(images), **mode)
+                   n_train=n_train, n_val=len(val_pairs), **mode)
     os.makedirs(args.out_dir, exist_ok=True)
     with open(os.path.join(args.out_dir, "metrics.json"), "w") as f:
         json.dump(metrics, f, indent=1)
     np.savez(os.path.join(args.out_dir, "head.npz"), **head_to_state_dict(head))
     save_picture(images, pred, masks, os.path.join(args.out_dir, "seg.png"))
-    print(f"mIoU {metrics['mIoU']:.4f}  aAcc {metrics['aAcc']:.4f}  ({args.head} head, {len(images)} val images)")
+    print(f"mIoU {metrics['mIoU']:.4f}  aAcc {metrics['aAcc']:.4f}  ({args.head} head, {len(val_pairs)} val images)")
     return 0
 
 

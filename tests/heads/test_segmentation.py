@@ -159,3 +159,21 @@ def test_cli_sliding_window_eval(tmp_path):
                      "--eval-size", "84", "--out-dir", out]) == 0
     m = json.load(open(os.path.join(out, "metrics.json")))
     assert m["inference"] == "slide" and m["eval_size"] == 84 and m["mIoU"] > 0.9, m
+
+
+def test_training_without_feature_cache_gives_the_same_head(tmp_path):
+    """--cache-gb 0 recomputes the frozen features every step: the trained head and mIoU are the same."""
+    root = str(tmp_path / "data")
+    for split, seed, n in (("train", 0, 8), ("val", 1, 4)):
+        write_seg_folder(root, split, *colour_regions(n, cell=28, seed=seed))
+    wdir = tiny_backbone_dir(str(tmp_path / "backbone"))
+    res = []
+    for cache in ("4", "0"):
+        out = str(tmp_path / f"out{cache}")
+        assert seg.main(["--weights", wdir, "--data", root, "--layout", "folder", "--num-classes", "4",
+                         "--image-size", "56", "--iters", "20", "--batch-size", "4", "--cache-gb", cache,
+                         "--out-dir", out]) == 0
+        res.append((json.load(open(os.path.join(out, "metrics.json"))), dict(np.load(os.path.join(out, "head.npz")))))
+    assert res[0][0]["mIoU"] == pytest.approx(res[1][0]["mIoU"], abs=1e-6)
+    for k, v in res[0][1].items():
+        np.testing.assert_allclose(v, res[1][1][k], rtol=1e-4, atol=1e-6)
