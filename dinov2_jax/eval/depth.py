@@ -12,8 +12,9 @@ Layouts:
                16-bit PNG depth / 1000 (nyu) or / 256 (kitti); range (0.001, 10) / (0.001, 80).
   folder:      ROOT/{train,val}/images/* + ROOT/{train,val}/depth/<stem>.npy (metres, float) or .png
                (16-bit, / --depth-scale); --max-depth required.
-Images and depth maps are resized to --image-size square (bicubic / nearest; 0 = invalid), features are
-cached once (no augmentation, no eval crop).
+Images and depth maps are resized to --image-size square (bicubic / nearest; 0 = invalid); no augmentation
+and no eval crop, so the training features are computed once and cached when they fit in --cache-gb (else
+recomputed at every step); validation streams batch by batch.
 """
 from __future__ import annotations
 
@@ -41,8 +42,9 @@ LAYOUTS = {"nyu": dict(scale=1000.0, range=(0.001, 10.0)), "kitti": dict(scale=2
 
 
 # ---- metrics / loss -------------------------------------------------------------------------------
-def depth_metrics(pred, gt, min_depth: float, max_depth: float) -> dict:
-    """pred, gt [N, H, W] -> mean over images of abs_rel, rmse, delta1 (valid: min_depth < gt <= max_depth)."""
+def depth_metric_rows(pred, gt, min_depth: float, max_depth: float) -> list[tuple[float, float, float]]:
+    """pred, gt [N, H, W] -> per image (abs_rel, rmse, delta1) over valid pixels (min_depth < gt <= max_depth);
+    images without a valid pixel are skipped."""
     rows = []
     for p, g in zip(np.asarray(pred, np.float64), np.asarray(gt, np.float64)):
         v = (g > min_depth) & (g <= max_depth)
@@ -50,10 +52,20 @@ def depth_metrics(pred, gt, min_depth: float, max_depth: float) -> dict:
             continue
         p, g = p[v], g[v]
         rows.append((np.mean(np.abs(p - g) / g), np.sqrt(np.mean((p - g) ** 2)), np.mean(np.maximum(p / g, g / p) < 1.25)))
+    return rows
+
+
+def summarize_rows(rows) -> dict:
+    """Per-image metric rows -> their means {"abs_rel", "rmse", "delta1", "n_images"}."""
     if not rows:
         raise ValueError("no image has a valid depth pixel (check --depth-scale / --max-depth)")
     r = np.mean(rows, axis=0)
     return {"abs_rel": float(r[0]), "rmse": float(r[1]), "delta1": float(r[2]), "n_images": len(rows)}
+
+
+def depth_metrics(pred, gt, min_depth: float, max_depth: float) -> dict:
+    """pred, gt [N, H, W] -> mean over images of abs_rel, rmse, delta1 (valid: min_depth < gt <= max_depth)."""
+    return summarize_rows(depth_metric_rows(pred, gt, min_depth, max_depth))
 
 
 def sig_loss(pred, gt, max_depth: float | None = None, eps: float = 1e-3):
@@ -106,13 +118,14 @@ def load_depth(path: str, size: int, scale: float | None) -> np.ndarray:
 
 
 # ---- training -------------------------------------------------------------------------------------
-def train_head(feats, depths, *, min_depth: float, max_depth: float, iters: int = 1000, batch_size: int = 8,
+def train_head(batches, *, min_depth: float, max_depth: float, iters: int = 1000, batch_size: int = 8,
                lr: float = 1e-3, weight_decay: float = 1e-4, seed: int = 0, log_every: int = 100) -> LinearDepthHead:
-    """Fit a LinearDepthHead on cached features [N, h, w, C] against depth maps [N, H, W] (SigLoss, AdamW)."""
-    head = LinearDepthHead(feats.shape[-1], min_depth=min_depth, max_depth=max_depth, rngs=nnx.Rngs(seed))
+    """Fit a LinearDepthHead (SigLoss, AdamW, linear decay). batches: `dense.TrainBatches` (idx [b] ->
+    (features [b, h, w, C], depth [b, H, W]))."""
+    head = LinearDepthHead(batches.feature_shape[-1], min_depth=min_depth, max_depth=max_depth, rngs=nnx.Rngs(seed))
     opt = nnx.Optimizer(head, optax.adamw(optax.linear_schedule(lr, 0.0, iters), weight_decay=weight_decay),
                         wrt=nnx.Param)
-    size = depths.shape[1:3]
+    size = batches.target_shape[:2]
 
     @nnx.jit
     def step(head, opt, f, d):
@@ -124,10 +137,10 @@ def train_head(feats, depths, *, min_depth: float, max_depth: float, iters: int 
         return loss
 
     rng = np.random.default_rng(seed)
-    bs = min(batch_size, len(feats))
+    bs = min(batch_size, len(batches))
     for it in range(iters):
-        idx = rng.choice(len(feats), bs, replace=False)
-        loss = step(head, opt, jnp.asarray(feats[idx]), jnp.asarray(depths[idx]))
+        f, d = batches(rng.choice(len(batches), bs, replace=False))
+        loss = step(head, opt, jnp.asarray(f), jnp.asarray(d))
         if log_every and (it % log_every == 0 or it == iters - 1):
             logger.info("iter %d/%d sigloss %.4f", it, iters, float(loss))
     return head
@@ -183,6 +196,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--weight-decay", type=float, default=1e-4)
+    p.add_argument("--cache-gb", type=float, default=4.0,
+                   help="keep the training features in memory up to this size, else recompute them every step")
     p.add_argument("--max-samples", type=int, default=None, help="use only the first N images of each split")
     p.add_argument("--out-dir", required=True)
     p.add_argument("--seed", type=int, default=0)
@@ -220,29 +235,30 @@ def main(argv=None) -> int:
     if head is not None and head.in_channels != 2 * model.embed_dim * len(out_index):
         raise SystemExit(f"--head-weights has {head.in_channels} input channels; --out-index {out_index} gives "
                          f"{2 * model.embed_dim * len(out_index)}")
-    data = {}
-    for split in (("val",) if head is not None else ("train", "val")):
-        pairs = dataset_pairs(args.data, args.layout, split)[:args.max_samples or None]
-        images = np.stack([dense.load_resized_image(p, (args.image_size, args.image_size)) for p, _ in pairs])
-        depths = np.stack([load_depth(d, args.image_size, scale) for _, d in pairs])
-        data[split] = (images, dense.batched(feat_fn, images, args.batch_size), depths)
-        logger.info("%s: %d images, features %s", split, len(images), data[split][1].shape)
+    load_pair = lambda pair: (dense.load_resized_image(pair[0], (args.image_size, args.image_size)),  # noqa: E731
+                              load_depth(pair[1], args.image_size, scale))
+    n_train = 0
     if head is None:
-        head = train_head(data["train"][1], data["train"][2], min_depth=min_depth, max_depth=max_depth,
-                          iters=args.iters, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
-                          seed=args.seed)
-    images, feats, gt = data["val"]
-    pred = predict(head, feats, gt.shape[1:3], args.batch_size)
-    metrics = depth_metrics(pred, gt, min_depth, max_depth)
+        pairs = dataset_pairs(args.data, args.layout, "train")[:args.max_samples or None]
+        batches = dense.TrainBatches(pairs, load_pair, feat_fn, args.batch_size, args.cache_gb)
+        head = train_head(batches, min_depth=min_depth, max_depth=max_depth, iters=args.iters,
+                          batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, seed=args.seed)
+        n_train = len(pairs)
+    rows, shown = [], []
+    for images, feats, gt in dense.iterate_pairs(dataset_pairs(args.data, args.layout, "val")[:args.max_samples or None],
+                                                 load_pair, feat_fn, args.batch_size):
+        pred = predict(head, feats, gt.shape[1:3], args.batch_size)
+        rows += depth_metric_rows(pred, gt, min_depth, max_depth)
+        shown += list(zip(images, pred, gt))[:max(0, 4 - len(shown))]
+    metrics = summarize_rows(rows)
     metrics.update(layout=args.layout, out_index=list(out_index), depth_range=[min_depth, max_depth],
-                   image_size=args.image_size, iters=0 if args.head_weights else args.iters,
-                   n_train=len(data["train"][0]) if "train" in data else 0,
+                   image_size=args.image_size, iters=0 if args.head_weights else args.iters, n_train=n_train,
                    head_range=[head.min_depth, head.max_depth])
     os.makedirs(args.out_dir, exist_ok=True)
     with open(os.path.join(args.out_dir, "metrics.json"), "w") as f:
         json.dump(metrics, f, indent=1)
     np.savez(os.path.join(args.out_dir, "head.npz"), **head_to_state_dict(head))
-    save_picture(images, pred, gt, os.path.join(args.out_dir, "depth.png"), max_depth)
+    save_picture(*[np.stack(a) for a in zip(*shown)], os.path.join(args.out_dir, "depth.png"), max_depth)
     print(f"abs_rel {metrics['abs_rel']:.4f}  rmse {metrics['rmse']:.4f}  delta1 {metrics['delta1']:.4f}  "
           f"({metrics['n_images']} val images)")
     return 0

@@ -144,10 +144,17 @@ def retrieval_eval(model, images_dir: str, cfg: dict, *, image_size: int = 224, 
     from dinov2_jax.eval import dense
 
     fn = dense.make_frozen_feature_fn(model, lambda m, x: m.forward_features(x)["x_norm_clstoken"])
-    db = np.stack([load_image(image_path(images_dir, n), image_size) for n in cfg["imlist"]])
-    qs = np.stack([load_image(image_path(images_dir, n), image_size, g.get("bbx"))
-                   for n, g in zip(cfg["qimlist"], cfg["gnd"])])
-    rankings = rank_database(dense.batched(fn, qs, batch_size), dense.batched(fn, db, batch_size))
+
+    def describe(items):  # items: (name, bbx or None); images read batch by batch
+        out = []
+        for s in range(0, len(items), batch_size):
+            ims = np.stack([load_image(image_path(images_dir, n), image_size, b) for n, b in items[s:s + batch_size]])
+            out.append(dense.batched(fn, ims, batch_size))
+        return np.concatenate(out)
+
+    db = describe([(n, None) for n in cfg["imlist"]])
+    qs = describe([(n, g.get("bbx")) for n, g in zip(cfg["qimlist"], cfg["gnd"])])
+    rankings = rank_database(qs, db)
     out = {"rankings": rankings}
     for p in PROTOCOLS:
         out[f"mAP_{p}"], out[f"ap_{p}"] = mean_average_precision(rankings, cfg["gnd"], p)

@@ -67,3 +67,20 @@ def test_cli_learns_smooth_depth(tmp_path):
     m2 = json.load(open(os.path.join(out2, "metrics.json")))
     assert m2["abs_rel"] == pytest.approx(m["abs_rel"], rel=1e-6) and m2["n_train"] == 0
     assert m2["out_index"] == [0, 1, 2, 3]
+
+
+def test_training_without_feature_cache_gives_the_same_head(tmp_path):
+    root = str(tmp_path / "data")
+    for split, seed, n in (("train", 0, 8), ("val", 1, 4)):
+        write_depth_folder(root, split, *depth_planes(n, seed=seed))
+    wdir = tiny_backbone_dir(str(tmp_path / "backbone"))
+    res = []
+    for cache in ("4", "0"):
+        out = str(tmp_path / f"out{cache}")
+        assert de.main(["--weights", wdir, "--data", root, "--layout", "folder", "--max-depth", "10",
+                        "--image-size", "56", "--iters", "20", "--batch-size", "4", "--cache-gb", cache,
+                        "--out-dir", out]) == 0
+        res.append((json.load(open(os.path.join(out, "metrics.json"))), dict(np.load(os.path.join(out, "head.npz")))))
+    assert res[0][0]["abs_rel"] == pytest.approx(res[1][0]["abs_rel"], rel=1e-5)
+    for k, v in res[0][1].items():
+        np.testing.assert_allclose(v, res[1][1][k], rtol=1e-4, atol=1e-6)
