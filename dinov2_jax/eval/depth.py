@@ -25,7 +25,6 @@ import os
 import sys
 from functools import partial
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import optax

@@ -38,9 +38,6 @@ def _blocky(rng, size=56):
 
 
 def test_cli_planted_matches(tmp_path):
-    from flax import nnx  # noqa: F401
-
-    from dinov2_jax import hub
     from dinov2_jax.convert import load_converted
 
     rng = np.random.default_rng(0)

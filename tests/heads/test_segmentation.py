@@ -6,7 +6,6 @@ import os
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import nnx
 
 from dinov2_jax.eval import segmentation as seg
 from dinov2_jax.models.heads import segmentation as sh
