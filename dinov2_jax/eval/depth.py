@@ -145,10 +145,14 @@ def train_head(batches, *, min_depth: float, max_depth: float, iters: int = 1000
     return head
 
 
+@partial(nnx.jit, static_argnames="size")
+def _depth(head, feats, size):
+    return resize_bilinear(jnp.clip(head(feats), head.min_depth, head.max_depth)[..., None], size)[..., 0]
+
+
 def predict(head: LinearDepthHead, feats, size, batch_size: int = 8) -> np.ndarray:
-    """Cached features -> depth [N, H, W]: clamped to the head's range, resized bilinearly (hub inference)."""
-    fn = nnx.jit(lambda head, f: resize_bilinear(jnp.clip(head(f), head.min_depth, head.max_depth)[..., None], size)[..., 0])
-    return np.concatenate([np.asarray(fn(head, jnp.asarray(feats[s:s + batch_size])))
+    """Features -> depth [N, H, W]: clamped to the head's range, resized bilinearly (hub inference)."""
+    return np.concatenate([np.asarray(_depth(head, jnp.asarray(feats[s:s + batch_size]), tuple(size)))
                            for s in range(0, len(feats), batch_size)])
 
 
