@@ -69,18 +69,15 @@ def make_classify_fn(classifier: LinearClassifier):
 def classify_folder(classifier: LinearClassifier, images_dir: str, *, batch_size: int = 32,
                     image_size: int = 224) -> tuple[list[str], np.ndarray]:
     """Every image of a folder (official eval transform) -> (sorted relative paths, logits [N, C])."""
+    from dinov2_jax.eval.dense import batched
     from dinov2_jax.extract import list_images, load_image
 
     files = list_images(images_dir)
     fn = make_classify_fn(classifier)
     out = []
-    for start in range(0, len(files), batch_size):
-        names = files[start:start + batch_size]
-        batch = np.stack([load_image(os.path.join(images_dir, f), image_size) for f in names])
-        n = len(names)
-        if n < batch_size:  # one compiled shape
-            batch = np.concatenate([batch, np.zeros((batch_size - n,) + batch.shape[1:], batch.dtype)])
-        out.append(np.asarray(jax.device_get(fn(batch)))[:n])
+    for start in range(0, len(files), batch_size):  # images read batch by batch
+        batch = np.stack([load_image(os.path.join(images_dir, f), image_size) for f in files[start:start + batch_size]])
+        out.append(batched(lambda x: jax.device_get(fn(x)), batch, batch_size))
     return files, np.concatenate(out)
 
 
