@@ -61,6 +61,16 @@ def test_cli_planted_matches(tmp_path):
         imlist.append(f"noisy{q}.png")
         Image.fromarray(noisy).save(img / f"noisy{q}.png")
         gnd.append({"bbx": [10, 10, 66, 66], "easy": [easy], "hard": [easy + 1], "junk": [q]})  # a distractor as junk
+    # a hand-computable query: two exact copies of it in the database, the first (lower index, so first among
+    # the tied scores) NOT listed as a match, the second listed as its only (easy) positive:
+    # ranking [neg twin, pos twin, ...] -> medium AP = (0/1 + 1/2) / 2 = 0.25; hard: no positive -> left out
+    twin = _blocky(rng)
+    Image.fromarray(twin).save(img / "twin_q.png")
+    Image.fromarray(twin).save(img / "twin_neg.png")
+    Image.fromarray(twin).save(img / "twin_pos.png")
+    imlist += ["twin_neg.png", "twin_pos.png"]
+    qimlist.append("twin_q.png")
+    gnd.append({"bbx": None, "easy": [len(imlist) - 1], "hard": [], "junk": []})
     gnd_path = str(tmp_path / "gnd.pkl")
     with open(gnd_path, "wb") as f:
         pickle.dump({"imlist": imlist, "qimlist": qimlist, "gnd": gnd}, f)
@@ -69,6 +79,7 @@ def test_cli_planted_matches(tmp_path):
     assert rt.main(["--weights", wdir, "--images", str(img), "--gnd", gnd_path, "--image-size", "56",
                     "--batch-size", "4", "--out-dir", out]) == 0
     m = json.load(open(os.path.join(out, "metrics.json")))
+    assert m["ap_medium"][-1] == pytest.approx(0.25) and m["ap_hard"][-1] is None
     # independent recomputation: the model's cls token (official forward) on the same inputs, numpy ranking
     model = load_converted(wdir)
     load = lambda n, b=None: rt.load_image(rt.image_path(str(img), n), 56, b)  # noqa: E731
@@ -84,11 +95,12 @@ def test_cli_planted_matches(tmp_path):
             ranks = np.flatnonzero(np.isin(order, pos))
             j = np.arange(len(ranks))
             prec0 = np.where(ranks == 0, 1.0, j / np.maximum(ranks, 1))
-            aps.append(np.sum((prec0 + (j + 1) / (ranks + 1)) / 2) / len(pos))
-        np.testing.assert_allclose(m[f"ap_{protocol}"], aps, rtol=1e-9)
-        assert m[f"mAP_{protocol}"] == pytest.approx(np.mean(aps))
+            aps.append(np.sum((prec0 + (j + 1) / (ranks + 1)) / 2) / len(pos) if len(pos) else np.nan)
+        got = np.array([np.nan if v is None else v for v in m[f"ap_{protocol}"]])
+        np.testing.assert_allclose(got, aps, rtol=1e-9)
+        assert m[f"mAP_{protocol}"] == pytest.approx(np.nanmean(aps))
     # the planted copy is the cropped query itself: always first
-    assert (np.argmax(sims, 1) == [imlist.index(f"copy{q}.png") for q in range(4)]).all()
+    assert (np.argmax(sims[:4], 1) == [imlist.index(f"copy{q}.png") for q in range(4)]).all()
     assert os.path.getsize(os.path.join(out, "topk.png")) > 0
     with pytest.raises(ValueError, match="no 'gnd'"):
         json.dump({"imlist": [], "qimlist": []}, open(tmp_path / "bad.json", "w"))
