@@ -67,12 +67,14 @@ def make_classify_fn(classifier: LinearClassifier):
 
 
 def classify_folder(classifier: LinearClassifier, images_dir: str, *, batch_size: int = 32,
-                    image_size: int = 224) -> tuple[list[str], np.ndarray]:
-    """Every image of a folder (official eval transform) -> (sorted relative paths, logits [N, C])."""
+                    image_size: int = 224, files=None) -> tuple[list[str], np.ndarray]:
+    """Images of a folder (official eval transform) -> (relative paths, logits [N, C]).
+
+    files: relative paths to classify (default: every image under images_dir, sorted)."""
     from dinov2_jax.eval.dense import batched
     from dinov2_jax.extract import list_images, load_image
 
-    files = list_images(images_dir)
+    files = list(files) if files is not None else list_images(images_dir)
     fn = make_classify_fn(classifier)
     out = []
     for start in range(0, len(files), batch_size):  # images read batch by batch
@@ -95,14 +97,12 @@ def format_top5(files, logits, class_names=None, k: int = 5) -> str:
 
 def classify_with_head_file(backbone, head_path: str, images_dir: str, files, *, batch_size: int = 32,
                             image_size: int = 224) -> np.ndarray:
-    """Extract-CLI helper: backbone + head file over a folder; prints the top-5 classes; -> logits [N, C].
-
-    Runs the backbone a second time (the classifier input needs the last 4 blocks)."""
+    """Extract-CLI helper: backbone + head file over `files` (the images the extraction kept); prints the
+    top-5 classes; -> logits [N, C]. Runs the backbone a second time (the classifier input needs the last 4 blocks)."""
     from dinov2_jax.models.heads.linear_classifier import NUM_IMAGENET_CLASSES, imagenet_class_names
 
     clf = LinearClassifier(backbone, load_head_file(head_path, backbone.embed_dim))
-    got, logits = classify_folder(clf, images_dir, batch_size=batch_size, image_size=image_size)
-    assert list(got) == list(files), "image list changed between passes"
+    got, logits = classify_folder(clf, images_dir, batch_size=batch_size, image_size=image_size, files=files)
     names = imagenet_class_names() if logits.shape[1] == NUM_IMAGENET_CLASSES else None
     print(format_top5(got, logits, names))
     return logits
