@@ -47,12 +47,12 @@ class LinearDepther(nnx.Module):
 
 
 def load_depth_checkpoint(path: str) -> dict:
-    """Official depther checkpoint (.pth, mmcv layout) -> state dict (torch, weights_only: tensors only)."""
+    """Official depther checkpoint (.pth, mmcv layout) -> state dict (numpy; read without torch)."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"depth head {path!r} not found (official files: {head_file_name(DEPTHER_NAMES[0])}...)")
-    import torch
+    from dinov2_jax.weights.pth import read_pth  # torch-free, as torch.load(weights_only=True)
 
-    obj = torch.load(path, map_location="cpu", weights_only=True)
+    obj = read_pth(path)
     return obj.get("state_dict", obj)
 
 

@@ -193,16 +193,16 @@ def save_picture(images, pred, masks, path: str, n: int = 4) -> None:
 
 
 def load_head_weights(path: str, in_channels: int, num_classes: int) -> SegmentationHead:
-    """Head from an official mmseg checkpoint (.pth, torch weights_only) or a head.npz; shapes checked."""
+    """Head from an official mmseg checkpoint (.pth, read without torch) or a head.npz; shapes checked."""
     from dinov2_jax.models.heads.segmentation import head_from_state_dict
 
     if path.endswith(".npz"):
         with np.load(path) as d:
             head = head_from_state_dict({k: d[k] for k in d.files})
     else:
-        import torch
+        from dinov2_jax.weights.pth import read_pth  # torch-free, as torch.load(weights_only=True)
 
-        head = head_from_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        head = head_from_state_dict(read_pth(path))
     if (head.in_channels, head.num_classes) != (in_channels, num_classes):
         raise SystemExit(f"--head-weights {path!r} has {head.in_channels} input channels / {head.num_classes} classes; "
                          f"this backbone and --head give {in_channels} / --num-classes {num_classes}")

@@ -90,7 +90,7 @@ def _to_numpy(v):
 
 
 def load_head_file(path: str, embed_dim: int) -> LinearClassifierHead:
-    """Official `*_linear[4]_head.pth` (read with torch) or an `.npz` with weight/bias -> head."""
+    """Official `*_linear[4]_head.pth` (read without torch) or an `.npz` with weight/bias -> head."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"classifier head {path!r} not found (download e.g. "
                                 "https://dl.fbaipublicfiles.com/dinov2/dinov2_vits14/dinov2_vits14_linear4_head.pth)")
@@ -99,9 +99,9 @@ def load_head_file(path: str, embed_dim: int) -> LinearClassifierHead:
             return head_from_state_dict({k: d[k] for k in d.files}, embed_dim)
     if not path.endswith((".pth", ".pt")):
         raise ValueError(f"classifier head {path!r}: expected an official .pth or an .npz with weight/bias")
-    import torch
+    from dinov2_jax.weights.pth import read_pth  # torch-free, same result as torch.load(weights_only=True)
 
-    return head_from_state_dict(torch.load(path, map_location="cpu", weights_only=True), embed_dim)
+    return head_from_state_dict(read_pth(path), embed_dim)
 
 
 def imagenet_class_names() -> list[str]:
