@@ -5,6 +5,7 @@ setup(
     version="0.1.0",
     description="JAX/Flax port of DINOv2 self-supervised vision training",
     packages=find_packages(include=["dinov2_jax", "dinov2_jax.*"]),
+    package_data={"dinov2_jax.models.heads": ["*.txt"]},
     python_requires=">=3.10",
     install_requires=[
         "jax>=0.7",

@@ -11,6 +11,8 @@ The .npz holds `cls` [N, D] (final-norm cls token), `files` [N] (paths relative 
 `best_linear_head.npz`) also `logits` [N, C] and `predictions` [N] (class names). Images that cannot be
 decoded are skipped with a warning each and counted; their paths are saved as `skipped_files` (present
 only then; they are left out of `files`).
+With --classifier HEAD.pth (an official hub `*_linear[4]_head.pth`) also `logits` [N, C], each image's top-5
+ImageNet classes printed (see dinov2_jax/hub_classifiers.py).
 
 --attention-png draws the DINO self-attention picture of the first --attention-max-images images (the
 cls token's attention per head in one block, its thresholded mask, the patch-token norms; see
@@ -192,6 +194,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--attention-max-images", type=int, default=8, help="rows in the attention picture")
     p.add_argument("--norm-outlier-factor", type=float, default=3.0,
                    help="a patch token is a high-norm outlier above this factor x its image's median norm")
+    p.add_argument("--classifier", default=None, help="official *_linear[4]_head.pth: print each image's "
+                   "top-5 ImageNet classes and save `logits` [N, 1000] (see dinov2_jax/hub_classifiers.py)")
     return p
 
 
@@ -230,6 +234,8 @@ def main(argv=None) -> int:
 
     if not args.out.endswith(".npz"):
         raise SystemExit(f"--out {args.out!r} must end with .npz")
+    if args.classifier and args.linear_head:
+        raise SystemExit("give --classifier (official hub head) or --linear-head (linear probe head), not both")
     model = load_for_eval(args.weights, args.arch, allow_random_init=args.allow_random_init, dtype=args.dtype)
     want_patches = args.patch_tokens or args.pca_png is not None
     heads = None
@@ -251,6 +257,11 @@ def main(argv=None) -> int:
         res.update(logits=pred["logits"], predictions=pred["predictions"])
         for f, c in list(zip(pred["files"], pred["predictions"]))[:10]:
             print(f"{f}: {c}")
+    if args.classifier:
+        from dinov2_jax.hub_classifiers import classify_with_head_file
+
+        res["logits"] = classify_with_head_file(model, args.classifier, args.images, list(res["files"]),
+                                                batch_size=args.batch_size, image_size=args.image_size)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     np.savez(args.out, **res)
     logger.info("wrote %s: %s", args.out, {k: v.shape for k, v in res.items()})

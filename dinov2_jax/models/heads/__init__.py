@@ -1,0 +1,1 @@
+"""Task heads on the frozen backbone: ImageNet linear classifiers, segmentation and depth heads."""
