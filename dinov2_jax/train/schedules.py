@@ -78,7 +78,8 @@ def build_schedules(cfg: ml_collections.ConfigDict, world_size: Optional[int] = 
         per_epoch = np.linspace(t.warmup_teacher_temp, t.teacher_temp, int(t.warmup_teacher_temp_epochs))
         temp.schedule = np.repeat(per_epoch, L)
     elif mode != "per_iteration":
-        raise ValueError(f"teacher.teacher_temp_schedule={mode!r}; use 'per_iteration' (DINOv2) or 'per_epoch' (DINO v1)")
+        raise ValueError(f"teacher.teacher_temp_schedule={mode!r}; use 'per_iteration' (DINOv2) or "
+                         "'per_epoch' (DINO v1)")
     out = {
         "lr": CosineSchedule(**lr),
         "wd": CosineSchedule(o.weight_decay, o.weight_decay_end, total),

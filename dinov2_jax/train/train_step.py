@@ -11,7 +11,8 @@ One step = official `forward_backward` + per-submodule clip + AdamW + EMA teache
   student on the global crops (with masks) and the local crops (separately: the official packed forward
   is token-wise equivalent), stochastic depth keys from `state.rng`;
   loss = w_dino*(dino_local + dino_global) + koleo + w_ibot*ibot, with the official normalisations;
-  grads -> clip each submodule (DINO v1: each parameter) to `optim.clip_grad` -> AdamW with per-parameter multipliers ->
+  grads -> clip each submodule (DINO v1: each parameter) to `optim.clip_grad` -> AdamW with per-parameter
+  multipliers ->
   teacher <- mom*teacher + (1-mom)*student (skipped for a frozen pretrained teacher) -> centers updated.
 DINO v1 (configs/dino_vits16.py) is this step with ibot.loss_weight = koleo_loss_weight = 0, no masks,
 `dino.head_norm_last_layer` (the head's weight-norm gain frozen at its value, 1) and per-parameter clipping.
@@ -246,7 +247,8 @@ def make_train_step(cfg, *, arch_overrides: Optional[Dict[str, Any]] = None,
         mults["dino_head"]["last_layer"]["weight_g"] = ParamMultipliers(0.0, 0.0, True)
     clip_mode = cfg.optim.get("clip_grad_mode", "per_submodule")
     if clip_mode not in CLIP_MODES:
-        raise ValueError(f"optim.clip_grad_mode={clip_mode!r}; use 'per_submodule' (DINOv2) or 'per_parameter' (DINO v1)")
+        raise ValueError(f"optim.clip_grad_mode={clip_mode!r}; use 'per_submodule' (DINOv2) or "
+                         "'per_parameter' (DINO v1)")
     clip_fn = CLIP_MODES[clip_mode]
     adam = make_adam(cfg.optim.adamw_beta1, cfg.optim.adamw_beta2)
 
