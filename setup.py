@@ -23,10 +23,16 @@ setup(
         "scikit-image",
         "scipy",
         "absl-py",
+        "safetensors>=0.4",  # Hugging Face folders (dinov2_jax.pretrained), read / written without torch
+        "ml-dtypes",  # bfloat16 tensors of .pth files (comes with jax)
+        "etils[epath]",  # paths with remote schemes (gs://, s3://) for train.output_dir, as Orbax uses
     ],
     extras_require={
-        # torch only for weight conversion and parity tests; pinned to the CPU wheel our machines carry.
+        # torch only for parity tests (and legacy non-zip .pth files); pinned to the CPU wheel our machines carry.
         "torch": ["torch==2.13.0"],
-        "test": ["torch==2.13.0", "timm==1.0.31", "pytest", "pytest-xdist"],
+        # downloads of Hugging Face repo ids in from_pretrained("facebook/dinov2-small")
+        "hf": ["huggingface_hub"],
+        "test": ["torch==2.13.0", "timm==1.0.31", "transformers>=4.48", "pytest", "pytest-xdist", "fsspec",
+                 "scikit-learn"],
     },
 )

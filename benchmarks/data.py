@@ -15,6 +15,22 @@ here, CHW torch tensors. --with-collate also times our full per-sample grain pat
 that mode (decode + crop/flip + all random draws -> uint8 crops + params) per core, and then the
 jitted device function `photometric_augment` on XLA's default backend for the crops of --device-batch
 images (2B global + nB local crops; median of 5 calls after compilation; on CPU XLA uses all cores).
+
+--scaling [--sizes 1000,100000,1000000] [--max-files 100000] [--workdir DIR] [--reads 2000]: start-up
+time, per-worker memory and read throughput of the folder:, list: and shards: sources as the dataset
+grows. Synthetic tiny JPEGs (16x16, 64 distinct images cycled); for each size N: a class folder of N
+files (only up to --max-files: above it the folder is measured index-only, a FolderSource holding N
+synthetic paths, as no file system walk of 10^6 files is run here), a list file of N lines (above
+--max-files its lines cycle over the folder's files), and the shards packed from the folder or list
+(`dinov2_jax.data.pack`, 2 processes, 10^4 images per shard), read with the record index in the
+shard files and in RAM (`ShardSource(index_in_memory=...)`). Each measurement is a fresh process:
+start-up = `make_source(spec)` wall time (list: the first start builds the offsets index, later ones
+reuse it; both shown). Worker = a second fresh process standing in for a Grain worker: it unpickles the
+source (what `mp_prefetch` sends each worker), reads + decodes --reads images in a seeded random order
+over the whole dataset; its RSS (VmRSS) after the reads, the growth over its RSS after the imports and
+the anonymous part of that growth (RssAnon: not file-backed pages, which a memory-mapped index shares
+between workers through the page cache) are reported with the images/s and the pickled source size. The files sit in the page cache (just
+written), so images/s shows the per-read overhead of each source, not a network file system.
 """
 from __future__ import annotations
 
@@ -132,7 +148,17 @@ def main():
     ap.add_argument("--device-mode", action="store_true",
                     help="also time the host part of crops.photometric_on_device and the device function")
     ap.add_argument("--device-batch", type=int, default=8, help="images per timed device-function call")
+    ap.add_argument("--scaling", action="store_true", help="source start-up / memory / reads vs dataset size")
+    ap.add_argument("--sizes", default="1000,100000,1000000", help="--scaling: dataset sizes")
+    ap.add_argument("--max-files", type=int, default=100000, help="--scaling: largest folder written as files")
+    ap.add_argument("--workdir", default=None, help="--scaling: keep the data here (default: a temp dir, removed)")
+    ap.add_argument("--reads", type=int, default=2000, help="--scaling: random reads per worker measurement")
+    ap.add_argument("--_child", nargs=3, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args._child:
+        return _scaling_child(args._child[0], args._child[1], int(args._child[2]))
+    if args.scaling:
+        return scaling_main(args)
     size = tuple(int(v) for v in args.image_size.split("x"))
 
     from dinov2_jax.data.augmentations import DataAugmentationDINO
@@ -182,6 +208,162 @@ def main():
             collate([aug(_decode(b), rng) for b in data[k:k + B]], mask_generator=gen, rng=random.Random(k))
         n = (len(data) // B) * B
         print(f"ours incl. collate+masks (p14, B={B}):       {n / (time.perf_counter() - t):7.2f} images/s per core")
+
+
+# ----------------------------------------------------------------------------- source scaling (--scaling)
+
+
+def _rss_mb(field: str = "VmRSS") -> float:
+    """VmRSS: all resident memory; RssAnon: the process's own (not file-backed, not shared) part."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _scaling_child(mode, arg, reads):
+    """One fresh process: `start` (make the source, pickle it to arg+'.pkl') or `worker` (unpickle, read)."""
+    import json
+    import pickle
+
+    import dinov2_jax.data.pipeline  # noqa: F401  (grain etc. are loaded in a real worker too)
+    from dinov2_jax.data.sources import FolderSource, make_source
+
+    rss0, anon0 = _rss_mb(), _rss_mb("RssAnon")
+    if mode == "start":
+        spec, pkl = arg.split("|")
+        t = time.perf_counter()
+        if spec.startswith("folder-index:"):  # index only: N synthetic paths, no files
+            _, n, root = spec.split(":", 2)
+            src = object.__new__(FolderSource)
+            src.root, src.classes = root, [f"c{j:03d}" for j in range(100)]
+            src.files = [os.path.join(root, f"c{i % 100:03d}", f"{i:07d}.jpg") for i in range(int(n))]
+            src.labels = np.arange(int(n), dtype=np.int64) % 100
+            startup = None
+        elif spec.startswith(("shards-mem:", "shards-file:")):
+            from dinov2_jax.data.shards import ShardSource
+
+            kind, root = spec.split(":", 1)
+            src = ShardSource(root, index_in_memory=kind == "shards-mem")
+            startup = time.perf_counter() - t
+        else:
+            src = make_source(spec)
+            startup = time.perf_counter() - t
+        with open(pkl, "wb") as f:
+            pickle.dump(src, f)
+        print(json.dumps({"startup_s": startup, "n": len(src), "pickle_bytes": os.path.getsize(pkl),
+                          "rss_mb": _rss_mb(), "rss_delta_mb": _rss_mb() - rss0}))
+    else:
+        with open(arg, "rb") as f:
+            src = pickle.load(f)
+        order = np.random.default_rng(0).integers(0, len(src), reads)
+        t = time.perf_counter()
+        ok = sum(src[int(i)] is not None for i in order)
+        dt = time.perf_counter() - t
+        print(json.dumps({"images_per_s": ok / dt if reads else None, "ok": ok, "rss_mb": _rss_mb(),
+                          "rss_delta_mb": _rss_mb() - rss0, "anon_delta_mb": _rss_mb("RssAnon") - anon0}))
+
+
+def _run_child(*args):
+    import json
+    import subprocess
+
+    out = subprocess.run([sys.executable, os.path.abspath(__file__), "--_child", *map(str, args)], check=True,
+                         capture_output=True, text=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _tiny_jpegs(k=64, size=16):
+    out = []
+    yy, xx = np.mgrid[0:size, 0:size]
+    for j in range(k):
+        arr = np.stack([(xx * (j + 3)) % 256, (yy * (2 * j + 1)) % 256, np.full_like(xx, 4 * j)], -1)
+        buf = io.BytesIO()
+        Image.fromarray(arr.astype(np.uint8)).save(buf, "JPEG", quality=90)
+        out.append(buf.getvalue())
+    return out
+
+
+def _make_folder(root, n, pool):
+    if os.path.exists(os.path.join(root, ".complete")):
+        return
+    for j in range(min(n, 100)):
+        os.makedirs(os.path.join(root, f"c{j:03d}"), exist_ok=True)
+    for i in range(n):
+        with open(os.path.join(root, f"c{i % 100:03d}", f"{i:07d}.jpg"), "wb") as f:
+            f.write(pool[i % len(pool)])
+    open(os.path.join(root, ".complete"), "w").close()
+
+
+def scaling_main(args):
+    import shutil
+    import tempfile
+
+    from dinov2_jax.data.pack import pack
+    from dinov2_jax.data.sources import FolderSource
+
+    sizes = [int(float(v)) for v in args.sizes.split(",")]
+    work = args.workdir or tempfile.mkdtemp(prefix="dinov2_jax_scaling_")
+    os.makedirs(work, exist_ok=True)
+    pool = _tiny_jpegs()
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; workdir {work}; "
+          f"{len(pool)} distinct 16x16 JPEGs of {int(np.mean([len(b) for b in pool]))} bytes; {args.reads} reads")
+    biggest_folder = None
+    rows = []
+    for n in sorted(sizes):
+        t = time.perf_counter()
+        folder = os.path.join(work, f"folder_{n}")
+        if n <= args.max_files:
+            _make_folder(folder, n, pool)
+            biggest_folder = folder
+            files = FolderSource(folder).files
+            labels = [int(os.path.basename(os.path.dirname(f))[1:]) for f in files]
+        else:
+            if biggest_folder is None:
+                raise SystemExit("--sizes needs one size <= --max-files (its files back the bigger list)")
+            base = FolderSource(biggest_folder)
+            files = [base.files[i % len(base.files)] for i in range(n)]
+            labels = [int(base.labels[i % len(base.files)]) for i in range(n)]
+        lst = os.path.join(work, f"list_{n}.txt")
+        if not os.path.exists(lst):
+            with open(lst + ".tmp", "w") as f:
+                f.writelines(f"{p}\t{lab}\n" for p, lab in zip(files, labels))
+            os.replace(lst + ".tmp", lst)
+        del files, labels
+        shards = os.path.join(work, f"shards_{n}")
+        tp = time.perf_counter()
+        pack(f"folder:{folder}" if n <= args.max_files else f"list:{lst}", shards, shard_size=10000, workers=2)
+        tp = time.perf_counter() - tp
+        for stale in (lst + ".offsets.npy", lst + ".offsets.json"):  # time the index build from scratch
+            if os.path.exists(stale):
+                os.remove(stale)
+        print(f"N={n}: data ready in {time.perf_counter() - t:.1f} s (pack {tp:.1f} s)", flush=True)
+
+        specs = [("folder", f"folder:{folder}" if n <= args.max_files else f"folder-index:{n}:{folder}"),
+                 ("list (first start: builds index)", f"list:{lst}"), ("list", f"list:{lst}"),
+                 ("shards, index in file", f"shards-file:{shards}"), ("shards, index in RAM", f"shards-mem:{shards}")]
+        for name, spec in specs:
+            pkl = os.path.join(work, "source.pkl")
+            st = _run_child("start", f"{spec}|{pkl}", 0)
+            wk = _run_child("worker", pkl, 0 if spec.startswith("folder-index") else args.reads)
+            rows.append((n, name, st, wk))
+            ips = "-" if wk["images_per_s"] is None else f"{wk['images_per_s']:.0f}"
+            sus = "- (index only)" if st["startup_s"] is None else f"{st['startup_s']:.3f}"
+            print(f"  {name:34s} start-up {sus:>14s} s | pickle {st['pickle_bytes'] / 1e6:8.2f} MB | "
+                  f"main +{st['rss_delta_mb']:7.1f} MB | worker RSS {wk['rss_mb']:7.1f} MB "
+                  f"(+{wk['rss_delta_mb']:6.1f} MB, anon +{wk['anon_delta_mb']:6.1f} MB) | {ips:>6s} images/s",
+                  flush=True)
+    print("\n| N | source | start-up s | pickled source MB | worker RSS MB (growth; of it anonymous) | "
+          "images/s (1 worker) |")
+    print("|---|---|---|---|---|---|")
+    for n, name, st, wk in rows:
+        sus = "— (index only)" if st["startup_s"] is None else f"{st['startup_s']:.3f}"
+        ips = "—" if wk["images_per_s"] is None else f"{wk['images_per_s']:.0f}"
+        print(f"| {n:.0e} | {name} | {sus} | {st['pickle_bytes'] / 1e6:.2f} | {wk['rss_mb']:.0f} "
+              f"(+{wk['rss_delta_mb']:.1f}; +{wk['anon_delta_mb']:.1f}) | {ips} |")
+    if not args.workdir:
+        shutil.rmtree(work)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,8 @@ patches on 64-pixel global / 32-pixel local crops, 1024 prototypes, and "epochs"
 (`train.OFFICIAL_EPOCH_LENGTH`) so the schedules (warmups, last-layer freeze) fit a 300-iteration run.
 The teacher is evaluated with k-NN on the labelled demo data at the end (and halfway).
 """
+import ml_collections
+
 from dinov2_jax.config import load_sibling_module
 
 ssl_default = load_sibling_module(__file__, "ssl_default")
@@ -53,12 +55,13 @@ def get_config():
     c.teacher.warmup_teacher_temp_epochs = 3
 
     c.evaluation.eval_period_iterations = 150
-    c.evaluation.knn_train_dataset = "demo:train"
-    c.evaluation.knn_val_dataset = "demo:val"
-    # JAX extras for the periodic k-NN on the tiny model: eval image size and k values
-    c.evaluation.knn_image_size = 64
-    c.evaluation.knn_resize_size = 64
-    c.evaluation.knn_max_samples = 0  # 0 = all
-    c.evaluation.knn_nb_knn = (10, 20)
-    c.evaluation.knn_at_start = True  # also k-NN the random-init model: the baseline the README compares to
+    # periodic evaluators of the teacher (dinov2_jax/eval/evaluators.py); period 0 = eval_period_iterations
+    c.evaluation.evaluators.knn = ml_collections.ConfigDict(dict(
+        type="knn", period=0,
+        at_start=True,  # also k-NN the random-init model: the baseline the README compares to
+        train_dataset="demo:train", val_dataset="demo:val",
+        image_size=64, resize_size=64,  # the tiny model's eval image size
+        max_samples=0,  # 0 = all
+        nb_knn=(10, 20),
+    ))
     return c

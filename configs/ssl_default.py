@@ -125,9 +125,11 @@ def get_config() -> ml_collections.ConfigDict:
     c.crops.solarize_prob = 0.2
 
     c.evaluation = ml_collections.ConfigDict()
-    c.evaluation.eval_period_iterations = 12500  # teacher export (+ k-NN if knn_train_dataset set)
-    c.evaluation.knn_train_dataset = ""  # labelled dataset spec for periodic k-NN ("" = off)
-    c.evaluation.knn_val_dataset = ""
+    c.evaluation.eval_period_iterations = 12500  # teacher export
+    # JAX extra: periodic evaluators of the teacher, name -> options (dinov2_jax/eval/evaluators.py), e.g.
+    #   c.evaluation.evaluators.knn = ml_collections.ConfigDict(dict(type="knn", period=0,
+    #       train_dataset="folder:/data/imagenet/train", val_dataset="folder:/data/imagenet/val"))
+    c.evaluation.evaluators = ml_collections.ConfigDict()  # empty = export only
 
     # Device mesh (JAX): sizes of the named axes; -1 = all remaining devices.
     c.mesh = ml_collections.ConfigDict()

@@ -21,7 +21,10 @@ Every parameter must be matched: missing, unexpected and mis-shaped keys are all
 CLI:
     python -m dinov2_jax.convert dinov2_vits14_pretrain.pth out/vits14
     python -m dinov2_jax.convert teacher_checkpoint.pth out/run1 --set num_heads=6
-    python -m dinov2_jax.convert out/vits14 vits14.pth --to-pth [--block-chunks 4] [--teacher]
+    python -m dinov2_jax.convert out/vits14 vits14.pth --to-pth [--block-chunks 4] [--teacher] [--overwrite]
+    python -m dinov2_jax.convert dinov2_vits14_pretrain.pth out/hf --to-hf --arch dinov2_vits14
+Files are read through `dinov2_jax.pretrained` (no torch needed): official .pth, Hugging Face folders,
+timm state dicts and converted directories are all accepted as input.
 """
 from __future__ import annotations
 
@@ -37,6 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from dinov2_jax.models.config import RUNTIME_KEYS, ViTConfig
 from dinov2_jax.models.dino_head import DINOHead
 from dinov2_jax.models.layers.swiglu_ffn import swiglu_hidden_dim
 from dinov2_jax.models.vision_transformer import DinoVisionTransformer
@@ -271,6 +275,15 @@ def load_torch_state_dict(model: nnx.Module, sd: Mapping[str, Any]) -> nnx.Modul
     return model
 
 
+def fill_abstract(abstract: nnx.Module, sd: Mapping[str, Any]) -> nnx.Module:
+    """A module built with `nnx.eval_shape` (shapes only) -> the concrete module holding `sd` (strict).
+    Nothing is randomly initialised, so no parameter can keep an init value."""
+    params = torch_state_dict_to_params(sd, abstract)
+    graphdef, state = nnx.split(abstract)
+    state.replace_by_pure_dict(jax.tree.map(jnp.asarray, params))
+    return nnx.merge(graphdef, state)
+
+
 def params_to_torch_state_dict(model: nnx.Module, block_chunks: int = 0) -> dict[str, np.ndarray]:
     """Model params -> official-layout state dict of float32 numpy arrays (hub layout, or
     `blocks.{c}.{i}.` with block_chunks > 0). Loads into the official module with strict=True."""
@@ -365,9 +378,12 @@ def load_converted(directory: str, *, with_heads: bool = False, **overrides):
     if os.path.exists(heads_path):
         with open(heads_path) as f:
             head_archs = json.load(f)
+    cfg = ViTConfig.from_kwargs(arch)
+    runtime = {k: arch[k] for k in RUNTIME_KEYS if k in arch}
+
     def build():
         rngs = nnx.Rngs(0)  # created inside eval_shape: nothing is initialised for real
-        model = DinoVisionTransformer(**arch, rngs=rngs)
+        model = cfg.build(rngs=rngs, **runtime)
         heads = {n: DINOHead(**a, rngs=rngs) for n, a in head_archs.items()}
         return model, heads
 
@@ -389,18 +405,24 @@ def load_converted(directory: str, *, with_heads: bool = False, **overrides):
     return (model, out) if with_heads else model
 
 
-def convert_torch_checkpoint(obj: Mapping[str, Any], *, rngs: nnx.Rngs | None = None, **overrides):
-    """Loaded torch checkpoint -> (model, {head: DINOHead}, arch). Strict: every key must be used."""
+def convert_torch_checkpoint(obj: Mapping[str, Any], **overrides):
+    """Loaded torch checkpoint -> (model, {head: DINOHead}, arch). Strict: every key must be used.
+    Modules are built abstractly and filled from the file (no random init)."""
     parts = split_checkpoint(obj)
     arch = infer_arch(parts["backbone"], **overrides)
-    rngs = rngs or nnx.Rngs(0)
-    model = load_torch_state_dict(DinoVisionTransformer(**arch, rngs=rngs), parts["backbone"])
+    runtime = {k: arch[k] for k in RUNTIME_KEYS}
+    model = fill_abstract(ViTConfig.from_kwargs(arch).build_abstract(**runtime), parts["backbone"])
     heads = {}
     for name in HEAD_NAMES:
         if name in parts:
-            head = DINOHead(**infer_head_arch(parts[name]), rngs=rngs)
-            heads[name] = load_torch_state_dict(head, parts[name])
+            heads[name] = head_from_state_dict(parts[name])
     return model, heads, arch
+
+
+def head_from_state_dict(sd: Mapping[str, Any]) -> DINOHead:
+    """DINOHead with the architecture inferred from, and every parameter taken from, its state dict."""
+    harch = infer_head_arch(sd)
+    return fill_abstract(nnx.eval_shape(lambda: DINOHead(**harch, rngs=nnx.Rngs(0))), sd)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -413,17 +435,28 @@ def _parse_value(v: str):
 
 
 def main(argv=None) -> int:
+    import logging
+    import sys
+
     ap = argparse.ArgumentParser(prog="python -m dinov2_jax.convert", description=__doc__.split("\n\n")[0])
-    ap.add_argument("input", help="official .pth (hub backbone or teacher_checkpoint.pth), or a converted dir")
-    ap.add_argument("output", help="output directory (torch->JAX) or .pth file (--to-pth)")
-    ap.add_argument("--to-pth", action="store_true", help="convert a dinov2_jax directory back to a .pth")
+    ap.add_argument("input", help="official .pth (hub backbone or teacher_checkpoint.pth), a Hugging Face folder, "
+                                  "a timm state dict, or a converted dir (with --to-pth / --to-hf)")
+    ap.add_argument("output", help="output directory (to JAX / --to-hf) or .pth file (--to-pth)")
+    ap.add_argument("--to-pth", action="store_true", help="write the official .pth (no torch needed)")
+    ap.add_argument("--to-hf", action="store_true",
+                    help="write a Hugging Face folder (config.json + model.safetensors) for transformers")
+    ap.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     ap.add_argument("--block-chunks", type=int, default=0, help="with --to-pth: write blocks.{chunk}.{i}. keys")
     ap.add_argument("--teacher", action="store_true",
-                    help="with --to-pth: write {'teacher': {backbone.*, dino_head.*, ...}} incl. heads")
+                    help="with --to-pth: write {'teacher': {backbone.*, dino_head.*, ...}} incl. heads "
+                         "(the input must hold the heads)")
+    ap.add_argument("--arch", help="hub name (e.g. dinov2_vits14) or arch.json the weights must match (a "
+                                   "difference is an error); default: inferred from the file (and logged)")
     ap.add_argument("--arch-json", help="JSON file of architecture overrides (DinoVisionTransformer kwargs)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="architecture override, e.g. --set num_heads=6 --set interpolate_offset=0.1")
     args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
     overrides = {}
     if args.arch_json:
@@ -434,27 +467,43 @@ def main(argv=None) -> int:
             ap.error(f"--set expects KEY=VALUE, got {item!r}")
         k, v = item.split("=", 1)
         overrides[k] = _parse_value(v)
+    if args.to_pth and args.to_hf:
+        ap.error("choose one of --to-pth and --to-hf")
+    try:
+        return _convert(args, overrides)
+    except (ValueError, FileExistsError, FileNotFoundError) as e:  # bad input: one clear message, no traceback
+        print(f"error: {e}", file=sys.stderr)
+        return 2
 
-    import torch
 
+def _convert(args, overrides: dict) -> int:
+    from dinov2_jax import pretrained as P
+
+    ckpt = P.read_checkpoint(args.input)
+    cfg = P.resolve_config(ckpt, args.arch, source=args.input)
+    layout = {k: v for k, v in overrides.items() if k not in RUNTIME_KEYS}
+    if layout:
+        cfg = type(cfg).from_kwargs({**cfg.kwargs(), **layout})  # unknown keys: ValueError naming them
+    runtime = {k: v for k, v in overrides.items() if k in RUNTIME_KEYS}
+    runtime.setdefault("attn_impl", "auto")
+    model, heads = P.build_from_checkpoint(ckpt, cfg, with_heads=True, **{
+        k: runtime[k] for k in ("dtype", "attn_impl", "remat", "scan_blocks") if k in runtime})
     if args.to_pth:
-        model, heads = load_converted(args.input, with_heads=True, **overrides)
-        sd = params_to_torch_state_dict(model, block_chunks=args.block_chunks)
-        if args.teacher:
-            full = {f"backbone.{k}": v for k, v in sd.items()}
-            for name, head in heads.items():
-                full.update({f"{name}.{k}": v for k, v in params_to_torch_state_dict(head).items()})
-            obj = {"teacher": {k: torch.from_numpy(v) for k, v in full.items()}}
-        else:
-            obj = {k: torch.from_numpy(v) for k, v in sd.items()}
-        torch.save(obj, args.output)
-        print(f"wrote {args.output} ({len(sd)} backbone tensors)")
+        if not args.output.endswith((".pth", ".pt")):
+            raise ValueError(f"--to-pth output {args.output!r} should end with .pth")
+        P.export_pth(model, args.output, heads=heads, teacher=args.teacher, block_chunks=args.block_chunks,
+                     overwrite=args.overwrite)
+        print(f"wrote {args.output} ({'teacher checkpoint with ' + ', '.join(sorted(heads)) if args.teacher else 'backbone'}"
+              f", {len(torch_state_dict_shapes(model))} backbone tensors)")
         return 0
-
-    obj = torch.load(args.input, map_location="cpu", weights_only=True)
-    model, heads, arch = convert_torch_checkpoint(obj, **overrides)
-    out = save_converted(model, args.output, arch, heads)
-    print(f"wrote {out}: arch {json.dumps(arch)}; heads {sorted(heads)}")
+    if args.teacher or args.block_chunks:
+        raise ValueError("--teacher / --block-chunks only apply with --to-pth")
+    if args.to_hf:
+        P.export_hf(model, args.output, overwrite=args.overwrite)
+        print(f"wrote {args.output} (config.json + model.safetensors)")
+        return 0
+    out = save_converted(model, args.output, model.arch, heads)
+    print(f"wrote {out}: arch {json.dumps(model.arch)}; heads {sorted(heads)}")
     return 0
 
 

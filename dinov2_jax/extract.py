@@ -7,7 +7,14 @@ Preprocessing is the official eval transform: resize the shorter side to 256 (bi
 image_size * 256/224 for other sizes), center crop `image_size`, ImageNet normalisation.
 The .npz holds `cls` [N, D] (final-norm cls token), `files` [N] (paths relative to DIR, sorted),
 `patch_tokens` [N, h, w, D] when --patch-tokens (or needed for --pca-png, then saved too) and
-`register_tokens` [N, R, D] for register models.
+`register_tokens` [N, R, D] for register models; with --linear-head H (a linear probe's
+`best_linear_head.npz`) also `logits` [N, C] and `predictions` [N] (class names). Images that cannot be
+decoded are skipped with a warning each and counted; their paths are saved as `skipped_files` (present
+only then; they are left out of `files`).
+
+--attention-png draws the DINO self-attention picture of the first --attention-max-images images (the
+cls token's attention per head in one block, its thresholded mask, the patch-token norms; see
+docs/visualization.md) and prints the fraction of high-norm outlier patch tokens.
 """
 from __future__ import annotations
 
@@ -39,29 +46,63 @@ def list_images(root: str) -> list[str]:
 
 
 def load_image(path: str, image_size: int = 224, resize_size: int | None = None) -> np.ndarray:
-    """Path -> eval-transformed float32 [image_size, image_size, 3]."""
-    from PIL import Image
-
+    """Path -> eval-transformed float32 [image_size, image_size, 3] (decoded as the data sources do,
+    incl. 16-bit grayscale scaled to 8 bits)."""
     from dinov2_jax.data.augmentations import eval_resize_size, eval_transform
+    from dinov2_jax.data.sources import decode_image
 
     resize_size = resize_size or eval_resize_size(image_size)
-    with Image.open(path) as img:
-        return eval_transform(img.convert("RGB"), resize_size=resize_size, crop_size=image_size)
+    return eval_transform(decode_image(path), resize_size=resize_size, crop_size=image_size)
 
 
 def make_extract_fn(model):
     """Jitted `images [B, H, W, 3] -> {"cls" [B, D], "patch_tokens" [B, N, D], "register_tokens" [B, R, D]}`."""
+    from dinov2_jax.pretrained import backbone_features, jit_module
+
+    return jit_module(model, backbone_features)
+
+
+def make_attention_fn(model, block: int = -1):
+    """Jitted `images [B, H, W, 3] -> {"attention" [B, heads, h, w], "register_attention" [B, heads, R],
+    "patch_tokens" [B, N, D]}`: the cls token's attention in `block` (explicit-softmax path,
+    `get_cls_attention_maps`) and the output patch tokens (after the final norm)."""
     from flax import nnx
 
     graphdef, state = nnx.split(model)
 
     @jax.jit
     def fn(state, images):
-        out = nnx.merge(graphdef, state).forward_features(images)
-        return {"cls": out["x_norm_clstoken"], "patch_tokens": out["x_norm_patchtokens"],
-                "register_tokens": out["x_norm_regtokens"]}
+        m = nnx.merge(graphdef, state)
+        maps = m.get_cls_attention_maps(images, block)
+        return {"attention": maps["patches"], "register_attention": maps["registers"],
+                "patch_tokens": m.forward_features(images)["x_norm_patchtokens"]}
 
     return lambda images: fn(state, images)
+
+
+def attention_maps(model, images, *, block: int = -1, batch_size: int = 32) -> dict:
+    """`make_attention_fn` over normalised images [B, H, W, 3] in batches -> numpy dict, patch_tokens
+    reshaped to [B, h, w, D]."""
+    fn = make_attention_fn(model, block)
+    outs = [jax.device_get(fn(images[i:i + batch_size])) for i in range(0, len(images), batch_size)]
+    res = {k: np.concatenate([np.asarray(o[k], np.float32) for o in outs]) for k in outs[0]}
+    b, h, w = res["attention"].shape[0], *res["attention"].shape[2:]
+    res["patch_tokens"] = res["patch_tokens"].reshape(b, h, w, -1)
+    return res
+
+
+def parse_heads(spec: str | None, num_heads: int) -> list[int]:
+    """"all"/None -> every head; "0,2,5" -> those heads (checked against the model's num_heads)."""
+    if spec is None or spec == "all":
+        return list(range(num_heads))
+    try:
+        heads = [int(h) for h in spec.split(",") if h.strip()]
+    except ValueError:
+        raise ValueError(f"--attention-heads {spec!r}: give comma-separated head indices (e.g. 0,1,2) or 'all'")
+    bad = [h for h in heads if not 0 <= h < num_heads]
+    if bad or not heads:
+        raise ValueError(f"--attention-heads {spec!r}: the model has {num_heads} heads (0..{num_heads - 1})")
+    return heads
 
 
 def extract_folder(model, images_dir: str, *, batch_size: int = 32, image_size: int = 224,
@@ -78,9 +119,22 @@ def extract_folder(model, images_dir: str, *, batch_size: int = 32, image_size: 
     fn = make_extract_fn(model)
     grid = image_size // patch
     cls, patches, regs, ims = [], [], [], []
+    kept, skipped = [], []
     for start in tqdm(range(0, len(files), batch_size), desc="extract", disable=not progress):
-        names = files[start : start + batch_size]
-        batch = np.stack([load_image(os.path.join(images_dir, f), image_size) for f in names])
+        names, loaded = [], []
+        for f in files[start : start + batch_size]:
+            try:
+                loaded.append(load_image(os.path.join(images_dir, f), image_size))
+            except Exception as e:  # noqa: BLE001 - any decode failure: skip the file, count it, go on
+                skipped.append(f)
+                logger.warning("skipping unreadable image %s (%s: %s); %d skipped so far", f, type(e).__name__, e,
+                               len(skipped))
+                continue
+            names.append(f)
+        if not names:
+            continue
+        kept.extend(names)
+        batch = np.stack(loaded)
         n = len(names)
         if n < batch_size:  # pad: one compiled shape for every batch
             batch = np.concatenate([batch, np.zeros((batch_size - n,) + batch.shape[1:], batch.dtype)])
@@ -92,7 +146,15 @@ def extract_folder(model, images_dir: str, *, batch_size: int = 32, image_size: 
             patches.append(p.reshape(n, grid, grid, -1))
         if sum(len(i) for i in ims) < keep_images:
             ims.append(batch[:n])
-    result = {"cls": np.concatenate(cls), "files": np.asarray(files)}
+    if not kept:
+        raise ValueError(f"none of the {len(files)} images under {images_dir!r} could be decoded "
+                         f"(see the warnings above)")
+    if skipped:
+        logger.warning("%d of %d images could not be decoded and were skipped (listed in skipped_files)",
+                       len(skipped), len(files))
+    result = {"cls": np.concatenate(cls), "files": np.asarray(kept)}
+    if skipped:
+        result["skipped_files"] = np.asarray(skipped)
     if model.num_register_tokens:
         result["register_tokens"] = np.concatenate(regs)
     if keep_patch_tokens:
@@ -114,11 +176,51 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-size", type=int, default=224, help="center-crop size (multiple of the patch size)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     p.add_argument("--patch-tokens", action="store_true", help="also save patch tokens [N, h, w, D]")
+    p.add_argument("--linear-head", default=None,
+                   help="best_linear_head.npz of a linear probe (eval.linear --output-dir): also save logits "
+                        "and predicted classes")
     p.add_argument("--pca-png", default=None, help="write the PCA-of-patch-features picture here")
     p.add_argument("--pca-threshold", type=float, default=0.5,
                    help="foreground threshold on the min-max scaled first PCA component")
     p.add_argument("--pca-max-images", type=int, default=16, help="rows in the PCA picture")
+    p.add_argument("--attention-png", default=None,
+                   help="write the self-attention picture here (input, cls attention per head, mask, token norms)")
+    p.add_argument("--attention-block", type=int, default=-1, help="block whose attention is drawn (-1: last)")
+    p.add_argument("--attention-heads", default="all", help="heads shown, e.g. 0,1,2 (default all)")
+    p.add_argument("--attention-mass", type=float, default=0.6,
+                   help="the mask keeps the top patches holding this fraction of the attention mass (DINO: 0.6)")
+    p.add_argument("--attention-max-images", type=int, default=8, help="rows in the attention picture")
+    p.add_argument("--norm-outlier-factor", type=float, default=3.0,
+                   help="a patch token is a high-norm outlier above this factor x its image's median norm")
     return p
+
+
+def classify_folder(model, head_path: str, images_dir: str, *, batch_size: int = 32,
+                    image_size: int | None = None, progress: bool = True) -> dict:
+    """Classify every image of a folder with a linear head saved by the linear probe
+    (`best_linear_head.npz`). Returns {"logits" [N, C], "predictions" [N] (class names when the head has
+    them, else indices), "files" [N]}. image_size defaults to the head's training size."""
+    from tqdm.auto import tqdm
+
+    from dinov2_jax.eval.linear import linear_head_logits, load_linear_head, make_linear_feature_fn
+
+    head = load_linear_head(head_path)
+    image_size = image_size or head.image_size
+    files = list_images(images_dir)
+    fn = make_linear_feature_fn(model, head.use_n_blocks)
+    logits = []
+    for start in tqdm(range(0, len(files), batch_size), desc="classify", disable=not progress):
+        names = files[start : start + batch_size]
+        batch = np.stack([load_image(os.path.join(images_dir, f), image_size, head.resize_size * image_size
+                                     // head.image_size) for f in names])
+        n = len(names)
+        if n < batch_size:  # pad: one compiled shape for every batch
+            batch = np.concatenate([batch, np.zeros((batch_size - n,) + batch.shape[1:], batch.dtype)])
+        logits.append(linear_head_logits(head, jax.device_get(fn(batch)))[:n])
+    logits = np.concatenate(logits).astype(np.float32)
+    best = logits.argmax(axis=1)
+    preds = np.asarray(head.classes)[best] if head.classes else best
+    return {"logits": logits, "predictions": preds, "files": np.asarray(files)}
 
 
 def main(argv=None) -> int:
@@ -130,10 +232,25 @@ def main(argv=None) -> int:
         raise SystemExit(f"--out {args.out!r} must end with .npz")
     model = load_for_eval(args.weights, args.arch, allow_random_init=args.allow_random_init, dtype=args.dtype)
     want_patches = args.patch_tokens or args.pca_png is not None
+    heads = None
+    if args.attention_png:  # check the attention options before the (long) extraction
+        heads = parse_heads(args.attention_heads, model.num_heads)
+        if not -model.n_blocks <= args.attention_block < model.n_blocks:
+            raise SystemExit(f"--attention-block {args.attention_block} out of range: the model has "
+                             f"{model.n_blocks} blocks (0..{model.n_blocks - 1}, or -1 for the last)")
+        if not 0.0 < args.attention_mass <= 1.0:
+            raise SystemExit(f"--attention-mass {args.attention_mass} must be in (0, 1]")
     res = extract_folder(model, args.images, batch_size=args.batch_size, image_size=args.image_size,
                          keep_patch_tokens=want_patches,
-                         keep_images=args.pca_max_images if args.pca_png else 0)
+                         keep_images=max(args.pca_max_images if args.pca_png else 0,
+                                         args.attention_max_images if args.attention_png else 0))
     images = res.pop("images", None)
+    if args.linear_head:
+        pred = classify_folder(model, args.linear_head, args.images, batch_size=args.batch_size,
+                               image_size=args.image_size)
+        res.update(logits=pred["logits"], predictions=pred["predictions"])
+        for f, c in list(zip(pred["files"], pred["predictions"]))[:10]:
+            print(f"{f}: {c}")
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     np.savez(args.out, **res)
     logger.info("wrote %s: %s", args.out, {k: v.shape for k, v in res.items()})
@@ -145,7 +262,29 @@ def main(argv=None) -> int:
         save_pca_picture(images[:n], res["patch_tokens"][:n], args.pca_png, threshold=args.pca_threshold,
                          max_images=n)
         logger.info("wrote PCA picture %s (%d images)", args.pca_png, n)
+    if args.attention_png:
+        write_attention_picture(model, images[:args.attention_max_images], args, heads)
     return 0
+
+
+def write_attention_picture(model, images, args, heads: list[int]) -> dict:
+    """The --attention-png picture and the printed high-norm token fraction; returns the maps."""
+    from dinov2_jax.visualize import attention_picture, high_norm_tokens, token_norms
+
+    maps = attention_maps(model, images, block=args.attention_block, batch_size=args.batch_size)
+    attention_picture(images, maps["attention"], fraction=args.attention_mass,
+                      heads=heads, patch_tokens=maps["patch_tokens"],
+                      norm_factor=args.norm_outlier_factor, min_height=160, path=args.attention_png)
+    outliers, frac = high_norm_tokens(token_norms(maps["patch_tokens"]), args.norm_outlier_factor)
+    block = args.attention_block % model.n_blocks
+    logger.info("wrote attention picture %s (%d images, block %d)", args.attention_png, len(images), block)
+    line = (f"high-norm patch tokens: {100 * frac:.2f} % ({int(outliers.sum())} of {outliers.size}; "
+            f"norm > {args.norm_outlier_factor:g} x the image's median) in {len(images)} images")
+    if model.num_register_tokens:  # how much of the cls token's attention the registers take
+        line += (f"; cls attention on the {model.num_register_tokens} registers in block {block}: "
+                 f"{100 * maps['register_attention'].sum(-1).mean():.1f} %")
+    print(line)
+    return maps
 
 
 if __name__ == "__main__":

@@ -9,11 +9,14 @@ Everything after `--` is the argument list of `python` in each process. Each chi
 `dinov2_jax.parallel.distributed.initialize_from_env()` reads. On CPU (default `--platform cpu`) each
 process gets `--devices-per-process` simulated devices. Output lines are prefixed with `[i]`. If one
 process fails the others are terminated and the exit code is the first non-zero one.
+SIGTERM and SIGINT sent to the launcher are forwarded to every child (the trainer then saves a
+checkpoint in all processes and exits 0); the launcher waits for them to finish.
 """
 from __future__ import annotations
 
 import argparse
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -52,13 +55,27 @@ def launch(python_args: list[str], num_processes: int, *, port: int | None = Non
         if platform == "cpu":
             flags = [f for f in env.get("XLA_FLAGS", "").split() if "xla_force_host_platform_device_count" not in f]
             env["XLA_FLAGS"] = " ".join(flags + [f"--xla_force_host_platform_device_count={devices_per_process}"])
-        p = subprocess.Popen([sys.executable, *python_args], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        # own session: a Ctrl-C in the terminal reaches the children once, through `forward` below (the
+        # terminal's SIGINT to the whole process group plus the forwarded one would count as a second
+        # Ctrl-C, which makes the trainer exit without saving)
+        p = subprocess.Popen([sys.executable, *python_args], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             start_new_session=True)
         t = threading.Thread(target=_pump, args=(p.stdout, f"[{i}] ", sys.stdout), daemon=True)
         t.start()
         procs.append(p)
         pumps.append(t)
     deadline = None if timeout is None else time.monotonic() + timeout
     rc = 0
+
+    def forward(signum, frame):
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signum)
+
+    old_handlers = {}
+    if threading.current_thread() is threading.main_thread():
+        for s in (signal.SIGTERM, signal.SIGINT):
+            old_handlers[s] = signal.signal(s, forward)
     try:
         while True:
             codes = [p.poll() for p in procs]  # poll every process (any() would stop at the first)
@@ -72,6 +89,8 @@ def launch(python_args: list[str], num_processes: int, *, port: int | None = Non
                 break
             time.sleep(0.1)
     finally:
+        for s, h in old_handlers.items():
+            signal.signal(s, h)
         for p in procs:  # only the processes started here
             if p.poll() is None:
                 p.terminate()

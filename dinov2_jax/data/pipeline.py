@@ -78,13 +78,17 @@ class _Collate:
     mask_ratio_tuple: tuple
     mask_probability: float
     groups: int
+    keep_index: bool = False  # adds "sample_index" [B] int64: the samples' global stream positions
 
     def __call__(self, samples):
         # element indices are unique over the infinite stream, so this seeds each batch differently
         rng = random.Random(f"dinov2_jax-masks:{self.seed}:{samples[0]['index']}")
-        return collate(samples, mask_generator=self.mask_generator, rng=rng, upperbound=self.upperbound,
-                       mask_ratio_tuple=self.mask_ratio_tuple, mask_probability=self.mask_probability,
-                       groups=self.groups)
+        batch = collate(samples, mask_generator=self.mask_generator, rng=rng, upperbound=self.upperbound,
+                        mask_ratio_tuple=self.mask_ratio_tuple, mask_probability=self.mask_probability,
+                        groups=self.groups)
+        if self.keep_index:
+            batch["sample_index"] = np.asarray([s["index"] for s in samples], np.int64)
+        return batch
 
 
 def _cfg_get(cfg, path, default):
@@ -139,7 +143,7 @@ def _check_some_readable(src, seed: int, probe: int = 16) -> None:
 def make_train_loader(cfg, *, seed: int | None = None, process_index: int | None = None,
                       process_count: int | None = None, batch_size_per_process: int | None = None,
                       num_workers: int | None = None, source: Any = None, prefetch_buffer_size: int = 2,
-                      groups: int | None = None):
+                      groups: int | None = None, sample_index: bool = False):
     """Infinite iterator of train batches (dict of numpy arrays, see docs/design.md "Batch").
 
     cfg: the SSL ConfigDict (uses train.dataset_path, train.seed, train.batch_size_per_gpu,
@@ -152,6 +156,8 @@ def make_train_loader(cfg, *, seed: int | None = None, process_index: int | None
     into `groups` per-device batches (default: one per local device), each collated and masked as one
     GPU of the official code (`masking.collate`, group-major).
     process_index / process_count: default jax.process_index() / jax.process_count().
+    sample_index: each batch also holds "sample_index" [B] int64, the samples' positions in the global
+    stream, from which `SkippedImageCount` counts the unreadable images that were dropped.
     Returns a grain iterator: `next(it)`, `it.get_state()`, `it.set_state(state)`.
     """
     seed = int(cfg.train.seed if seed is None else seed)
@@ -171,7 +177,8 @@ def make_train_loader(cfg, *, seed: int | None = None, process_index: int | None
     # as the official train.py: blocks of >= 4 patches, at most half the grid per block
     gen = MaskingGenerator((grid, grid), max_num_patches=0.5 * n_tokens)
     groups = groups_per_process(B, groups)
-    batch_fn = _Collate(gen, seed, mask_upperbound(B // groups, n_tokens, ratio, prob), ratio, prob, groups)
+    batch_fn = _Collate(gen, seed, mask_upperbound(B // groups, n_tokens, ratio, prob), ratio, prob, groups,
+                        keep_index=sample_index)
 
     # Augmentation RNGs and the attached index (which seeds the masks) come from the position in the
     # *global* stream, taken before the per-process slice: otherwise every process would draw the same
@@ -185,6 +192,35 @@ def make_train_loader(cfg, *, seed: int | None = None, process_index: int | None
         it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers,
                                                                per_worker_buffer_size=prefetch_buffer_size))
     return iter(it_ds)
+
+
+class SkippedImageCount:
+    """Unreadable images the train loader dropped, counted from the stream positions of the images it
+    delivered (works with decoding worker processes, whose sources' own counters the main process cannot
+    see).
+
+    Process p of P reads global positions p, p + P, ...; with W > 0 workers, worker w reads every W-th
+    of those (grain slices the per-process stream over its workers), and each batch comes from one
+    worker. So the positions a worker delivers step by P * W, and every missing step is an image
+    dropped as unreadable. Counts from this process's start (a resumed run counts from the resume).
+    """
+
+    def __init__(self, process_index: int, process_count: int, num_workers: int, fresh_start: bool):
+        self.p, self.P, self.W = int(process_index), int(process_count), max(int(num_workers), 1)
+        self.stride = self.P * self.W
+        # at a fresh start each worker's first position is known: w * P + p (one stride before: -stride)
+        self.last = {w: (w - self.W) * self.P + self.p for w in range(self.W)} if fresh_start else {}
+        self.count = 0
+
+    def update(self, sample_index) -> int:
+        """Adds the images dropped before/among this batch's samples; returns the running count."""
+        idx = np.sort(np.asarray(sample_index, np.int64))
+        w = int((idx[0] - self.p) // self.P) % self.W
+        prev = self.last.get(w)
+        pos = idx if prev is None else np.concatenate([[prev], idx])
+        self.count += int((np.diff(pos) // self.stride - 1).sum())
+        self.last[w] = int(idx[-1])
+        return self.count
 
 
 def train_upperbound(cfg, batch_size_per_process: int | None = None, groups: int | None = None) -> int:

@@ -2,10 +2,16 @@
 
 Spec strings (`make_source`):
 - `folder:PATH`  ImageNet-train layout (`PATH/<class>/**/<img>`, labels = index of the sorted class
-  directory names, as torchvision ImageFolder) or a flat folder of images (label -1).
+  directory names, as torchvision ImageFolder) or a flat folder of images: labelled by a `labels.txt`
+  in it (`<image> <class>` lines) or a `LOC_val_solution.csv` in it or up to 4 folders above (the
+  ImageNet val layout), else unlabelled (label -1).
+- `ImageNet:split=TRAIN|VAL:root=R[:extra=E]`  the official dataset string: the folder `R/train` or `R/val`.
   Extensions .jpg .jpeg .png .webp, any case.
 - `tfds:NAME:SPLIT[:DATA_DIR]`  a TFDS dataset prepared with `file_format="array_record"`, read with
   `tfds.data_source` (no TensorFlow needed). Image bytes are decoded here with PIL.
+- `shards:DIR`  ArrayRecord shards written by `python -m dinov2_jax.data.pack SOURCE DIR`, and
+  `list:FILE`  one `PATH[<TAB>LABEL]` per line, read lazily (both in dinov2_jax/data/shards.py: for
+  datasets too large to list at start-up, see docs/data.md).
 - `demo` / `demo:train` / `demo:val`  built-in labelled dataset from scikit-image's bundled sample
   photos (no download): each class is one photo, each sample a seeded random crop + flip of it.
 
@@ -46,12 +52,22 @@ class SkippedCounter:
                        ref, self.what, type(err).__name__, err, self.count)
 
 
+# PIL modes of 16-bit (and 32-bit integer) grayscale images, e.g. 16-bit PNGs
+_WIDE_GRAY_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
 def decode_image(data) -> Image.Image:
-    """bytes / file path / file object -> PIL RGB image (fully decoded, so truncation raises here)."""
+    """bytes / file path / file object -> PIL RGB image (fully decoded, so truncation raises here).
+    16-bit grayscale is scaled to 8 bits (value / 257, rounded: 65535 -> 255); PIL's own conversion
+    clips it at 255, which makes such images almost white."""
     if isinstance(data, (bytes, bytearray, memoryview)):
         data = io.BytesIO(bytes(data))
     with Image.open(data) as img:
         img.load()
+        if img.mode in _WIDE_GRAY_MODES:
+            wide = np.asarray(img).astype(np.float64)
+            gray = np.clip(np.round(wide / 257.0), 0, 255).astype(np.uint8)
+            return Image.fromarray(gray, "L").convert("RGB")
         return img.convert("RGB")
 
 
@@ -59,10 +75,24 @@ def _is_image(name: str) -> bool:
     return name.lower().endswith(IMAGE_EXTENSIONS)
 
 
-def _walk_images(root: str) -> list[str]:
+def _walk_images(root: str, visited: set[str] | None = None) -> list[str]:
+    """Image files under `root`, following symlinked directories but entering each real directory once:
+    a symlink back to an ancestor (a loop) or to a directory already walked (e.g. another class folder,
+    listed in `visited`) is skipped with a warning, so every file is listed once."""
+    visited = set() if visited is None else visited
     out = []
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        dirnames.sort()
+        visited.add(os.path.realpath(dirpath))
+        keep = []
+        for d in sorted(dirnames):
+            real = os.path.realpath(os.path.join(dirpath, d))
+            if real in visited:
+                logger.warning("%s: skipping %s, a link to %s which is already listed (symlink loop?)",
+                               root, os.path.join(dirpath, d), real)
+                continue
+            visited.add(real)
+            keep.append(d)
+        dirnames[:] = keep
         out.extend(os.path.join(dirpath, f) for f in sorted(filenames) if _is_image(f))
     return out
 
@@ -78,8 +108,18 @@ class FolderSource:
         self.root = root
         subdirs = sorted(e.name for e in os.scandir(root) if e.is_dir())
         classes, files, labels = [], [], []
+        # the root and every class folder count as walked from the start: a link inside a class back to
+        # the root or into another class must not list those images again (under the wrong label)
+        visited = {os.path.realpath(root)} | {os.path.realpath(os.path.join(root, d)) for d in subdirs}
+        class_reals = set()
         for d in subdirs:
-            imgs = _walk_images(os.path.join(root, d))
+            real = os.path.realpath(os.path.join(root, d))
+            if real in class_reals:
+                logger.warning("%s: class folder %s is a link to a class folder already listed; skipped", root, d)
+                continue
+            class_reals.add(real)
+            visited.discard(real)  # lets the walk enter this class folder itself
+            imgs = _walk_images(os.path.join(root, d), visited)
             if imgs:
                 files.extend(imgs)
                 labels.extend([len(classes)] * len(imgs))
@@ -90,7 +130,7 @@ class FolderSource:
                 logger.warning("%s: %d images directly in the root are ignored (class-folder layout found)",
                                root, len(top))
         else:
-            files, labels = top, [-1] * len(top)
+            files, classes, labels = top, *flat_folder_labels(root, top)
         if not files:
             raise ValueError(f"no images ({', '.join(IMAGE_EXTENSIONS)}, any case) found under {root!r}; "
                              "expected PATH/<class>/<image> or PATH/<image>")
@@ -110,6 +150,82 @@ class FolderSource:
             self.skipped.skip(path, e)
             return None
         return img, int(self.labels[i])
+
+
+LABEL_FILES = ("labels.txt", "LOC_val_solution.csv")
+
+
+def find_label_file(root: str) -> str | None:
+    """Label file of a flat image folder: `labels.txt` in it, or `LOC_val_solution.csv` in it or up to 4
+    folders above (the Kaggle ImageNet layout keeps it at the top, the images in ILSVRC/Data/CLS-LOC/val)."""
+    if os.path.isfile(os.path.join(root, LABEL_FILES[0])):
+        return os.path.join(root, LABEL_FILES[0])
+    d = os.path.abspath(root)
+    for _ in range(5):
+        if os.path.isfile(os.path.join(d, LABEL_FILES[1])):
+            return os.path.join(d, LABEL_FILES[1])
+        d = os.path.dirname(d)
+    return None
+
+
+def read_label_file(path: str) -> dict[str, str]:
+    """{image name without extension: class name}. `labels.txt`: one `<image file> <class>` per line
+    (comma or whitespace separated); `LOC_val_solution.csv`: `ImageId,PredictionString` with the class
+    as the first word of PredictionString (e.g. `ILSVRC2012_val_00000001,n01751748 ...`)."""
+    out = {}
+    with open(path) as f:
+        for n, line in enumerate(f, 1):
+            line = line.strip()
+            if not line or (n == 1 and line.lower().startswith("imageid")):
+                continue
+            parts = line.replace(",", " ").split()
+            if len(parts) < 2:
+                raise ValueError(f"{path}: line {n} {line!r} is not '<image> <class>'")
+            out[os.path.splitext(os.path.basename(parts[0]))[0]] = parts[1]
+    return out
+
+
+def flat_folder_labels(root: str, files: list[str]):
+    """(classes, labels) of a flat image folder: from its label file (see `find_label_file`; classes are
+    the sorted class names, so they match a train folder's class sub-folders by name) or ([], all -1)."""
+    path = find_label_file(root)
+    if path is None:
+        return [], [-1] * len(files)
+    names = read_label_file(path)
+    keys = [os.path.splitext(os.path.basename(f))[0] for f in files]
+    missing = [k for k in keys if k not in names]
+    if missing:
+        raise ValueError(f"{root}: {len(missing)} of {len(keys)} images have no label in {path} "
+                         f"(e.g. {missing[0]!r}); fix the label file or remove those images")
+    classes = sorted({names[k] for k in keys})
+    index = {c: i for i, c in enumerate(classes)}
+    logger.info("%s: flat folder labelled by %s (%d images, %d classes)", root, path, len(files), len(classes))
+    return classes, [index[names[k]] for k in keys]
+
+
+IMAGENET_SPLITS = {"TRAIN": "train", "VAL": "val"}
+
+
+def parse_official_dataset(spec: str) -> str:
+    """Official dataset string `ImageNet:split=TRAIN|VAL:root=R[:extra=E]` -> `R/train` or `R/val`
+    (official layout: `R/<split>/<class id>/*.JPEG`, read here like a class folder, in ImageFolder
+    order). `extra` (the official code's cached index) is not needed: the folder is listed directly."""
+    name, *tokens = spec.split(":")
+    kwargs = {}
+    for token in tokens:
+        key, sep, value = token.partition("=")
+        if not sep or key not in ("root", "extra", "split"):
+            raise ValueError(f"bad dataset string {spec!r}: tokens are split=..., root=..., extra=...")
+        kwargs[key] = value
+    if name != "ImageNet":
+        raise ValueError(f"unsupported official dataset {name!r} in {spec!r}: only ImageNet (use folder:PATH for "
+                         "ImageNet-22k or any other image folder)")
+    split = kwargs.get("split", "TRAIN")
+    if split not in IMAGENET_SPLITS:
+        raise ValueError(f"ImageNet split must be one of {sorted(IMAGENET_SPLITS)} (labelled), got {split!r}")
+    if not kwargs.get("root"):
+        raise ValueError(f"{spec!r} needs root=/path/to/imagenet (the folder holding train/ and val/)")
+    return os.path.join(os.path.expanduser(kwargs["root"]), IMAGENET_SPLITS[split])
 
 
 class TfdsSource:
@@ -245,4 +361,12 @@ def make_source(spec: str):
         return TfdsSource(parts[0], parts[1], os.path.expanduser(parts[2]) if len(parts) == 3 else None)
     if kind == "demo":
         return DemoSource(rest or "train")
-    raise ValueError(f"unknown dataset spec {spec!r}; use folder:PATH, tfds:NAME:SPLIT[:DATA_DIR] or demo[:train|val]")
+    if kind in ("shards", "list"):
+        from dinov2_jax.data import shards
+
+        path = os.path.expanduser(rest)
+        return shards.ShardSource(path) if kind == "shards" else shards.ListSource(path)
+    if kind in ("ImageNet", "ImageNet22k"):  # official dataset strings
+        return FolderSource(parse_official_dataset(spec))
+    raise ValueError(f"unknown dataset spec {spec!r}; use folder:PATH, tfds:NAME:SPLIT[:DATA_DIR], shards:DIR, "
+                     "list:FILE, ImageNet:split=...:root=... or demo[:train|val]")

@@ -7,6 +7,7 @@ the padding dropped) so the jitted backbone compiles once.
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable
 
 import jax
@@ -23,6 +24,7 @@ class LabelledImages:
 
     def __init__(self, source, max_samples: int | None = None):
         self.source = source
+        self.label_map = None  # [num source classes] -> label reported here (set by align_class_names)
         total = len(source)
         if total == 0:
             raise ValueError(f"dataset {source!r} is empty")
@@ -44,7 +46,15 @@ class LabelledImages:
     def __getitem__(self, i):
         if not 0 <= i < len(self):
             raise IndexError(i)
-        return self.source[int(self.indices[i])]
+        rec = self.source[int(self.indices[i])]
+        if rec is None or self.label_map is None:
+            return rec
+        image, label = _unpack(rec)
+        return image, self._map(label)
+
+    def _map(self, label):
+        label = int(label)
+        return label if self.label_map is None or label < 0 else int(self.label_map[label])
 
     def record(self, i):
         rec = self[i]
@@ -59,7 +69,7 @@ class LabelledImages:
         if self._labels is None:
             listed = getattr(self.source, "labels", None)
             if listed is not None and not callable(listed):
-                labs = np.asarray(listed, np.int64)[self.indices]
+                labs = np.asarray([self._map(x) for x in np.asarray(listed, np.int64)[self.indices]], np.int64)
                 for lab in labs:
                     _check_label(lab, self.source)
             else:
@@ -97,6 +107,47 @@ def load_labelled_source(source, *, max_samples: int | None = None) -> LabelledI
     return LabelledImages(source, max_samples=max_samples)
 
 
+def align_class_names(train: LabelledImages, val: LabelledImages) -> None:
+    """Make val labels mean the train classes, matched by class NAME (folder names), not by position.
+
+    A val folder holding a subset of the train classes gets its labels renumbered to the train indices
+    (sets `val.label_map`). Val classes absent from train -> ValueError naming them (they could never be
+    predicted). Sources without class names (e.g. tfds) keep their integer labels.
+    """
+    tc, vc = train.classes, val.classes
+    if not tc or not vc or list(tc) == list(vc):  # no names (tfds, unlabelled flat folder): labels as they are
+        return
+    position = {name: i for i, name in enumerate(tc)}
+    missing = [name for name in vc if name not in position]
+    if len(missing) == len(vc):
+        raise ValueError(f"train and val share no class name: train has {_names(tc)}, val has {_names(vc)}; "
+                         "the val folder must use the train folder's class sub-folder names")
+    if missing:
+        raise ValueError(f"val classes {_names(missing)} do not exist in the train set (train classes: "
+                         f"{_names(tc)}); remove them from the val set or add them to train")
+    val.label_map = np.asarray([position[name] for name in vc], np.int64)
+
+
+def _names(names, limit: int = 8) -> str:
+    names = list(names)
+    shown = ", ".join(repr(n) for n in names[:limit])
+    return f"[{shown}{', ...' if len(names) > limit else ''}] ({len(names)})"
+
+
+def load_train_val(train_source, val_source, *, max_samples: int | None = None):
+    """Open and check both labelled sets BEFORE any feature is extracted: each must exist and be
+    non-empty, and val classes are matched to train classes by name (`align_class_names`).
+    Returns (train, val) LabelledImages."""
+    sets = []
+    for what, spec in (("train", train_source), ("val", val_source)):
+        try:
+            sets.append(load_labelled_source(spec, max_samples=max_samples))
+        except (ValueError, FileNotFoundError) as e:
+            raise type(e)(f"{what} dataset {spec!r}: {e}") from e
+    align_class_names(*sets)
+    return sets[0], sets[1]
+
+
 def make_feature_fn(model_or_fn, kind: str = "cls") -> Callable:
     """NNX backbone -> jitted `images [B, H, W, 3] -> [B, D]` final-norm cls token (kind="cls").
     A plain callable is returned unchanged."""
@@ -108,49 +159,79 @@ def make_feature_fn(model_or_fn, kind: str = "cls") -> Callable:
         return model_or_fn
     if kind != "cls":
         raise ValueError(f"unknown feature kind {kind!r}")
-    graphdef, state = nnx.split(model_or_fn)
+    from dinov2_jax.pretrained import jit_module
 
-    @jax.jit
-    def fn(state, images):
-        return nnx.merge(graphdef, state)(images)
-
-    return lambda images: fn(state, images)
+    return jit_module(model_or_fn, lambda m, images: m(images))
 
 
 def extract_features(fn: Callable, source, *, batch_size: int = 256, image_size: int = 224,
                      resize_size: int = 256, max_samples: int | None = None, num_workers: int = 0,
-                     progress: bool = True, desc: str = "features"):
+                     progress: bool = True, desc: str = "features", distributed: bool = False):
     """Run `fn` (images -> array or pytree of [B, ...] arrays) over a labelled source with the eval
     transform. Returns (features: same pytree of float32 numpy [N, ...], labels [N] int64), N = readable
     images, in dataset order.
 
     Decoding uses `dinov2_jax.data.pipeline.make_eval_loader` (Grain; `num_workers` > 0 decodes in worker
-    processes). Every process extracts the whole dataset (k-NN needs all train features everywhere);
-    batches have one fixed size, padding rows and unreadable images are dropped after the forward.
+    processes). Each batch is split over this process's local devices (data parallel). By default this
+    process extracts the whole dataset. With `distributed=True` in a
+    multi-process job (every process must call it), process p reads and runs only samples p, p + P, ...,
+    and the features of all processes are gathered once at the end, so every process returns the
+    whole, dataset-ordered result. Batches have one fixed size; padding rows and unreadable images are
+    dropped. The throughput (images/s) is shown on the progress bar and logged.
     """
+    import logging
+    import time
+
     from tqdm.auto import tqdm
 
     from dinov2_jax.data.pipeline import make_eval_loader
 
     src = load_labelled_source(source, max_samples=max_samples)
-    bs = min(batch_size, len(src))
-    loader = make_eval_loader(src, bs, resize_size=resize_size, crop_size=image_size, process_index=0,
-                              process_count=1, num_workers=num_workers)
-    chunks, labels = [], []
-    for ims, labs, valid in tqdm(loader, total=len(loader), desc=desc, disable=not progress):
+    pi, pc = (jax.process_index(), jax.process_count()) if distributed else (0, 1)
+    bs = min(batch_size, -(-len(src) // pc))
+    put = lambda a: a  # noqa: E731
+    n_dev = jax.local_device_count()
+    if n_dev > 1:  # the batch is split over this process's devices (the backbone's params are replicated)
+        from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+        bs = -(-bs // n_dev) * n_dev
+        sharding = NamedSharding(Mesh(np.asarray(jax.local_devices()), ("data",)), PartitionSpec("data"))
+        put = lambda a: jax.device_put(a, sharding)  # noqa: E731
+    loader = make_eval_loader(src, bs, resize_size=resize_size, crop_size=image_size, process_index=pi,
+                              process_count=pc, num_workers=num_workers)
+    chunks, labels, valids = [], [], []
+    t0, done = time.time(), 0
+    bar = tqdm(loader, total=len(loader), desc=desc, disable=not progress)
+    for ims, labs, valid in bar:
         valid = np.asarray(valid, bool)
-        if not valid.any():
-            continue
-        labs = np.asarray(labs, np.int64)[valid]
-        for lab in labs:
+        labs = np.asarray(labs, np.int64)
+        for lab in labs[valid]:
             _check_label(lab, src.source)
-        out = jax.device_get(fn(np.asarray(ims, np.float32)))
-        chunks.append(jax.tree.map(lambda a: np.asarray(a, np.float32)[valid], out))
+        out = jax.device_get(fn(put(np.asarray(ims, np.float32))))
+        chunks.append(jax.tree.map(lambda a: np.asarray(a, np.float32), out))  # all rows: same shape everywhere
         labels.append(labs)
-    if not chunks:
-        raise ValueError(f"no readable image in dataset {source!r}")
+        valids.append(valid)
+        done += int(valid.sum())
+        bar.set_postfix(images_per_s=f"{done * pc / max(time.time() - t0, 1e-9):.1f}")
     feats = jax.tree.map(lambda *a: np.concatenate(a), *chunks)
-    return feats, np.concatenate(labels)
+    labels, valids = np.concatenate(labels), np.concatenate(valids)
+    # row j of process p is sample p + P * j of the source (EvalLoader order); beyond the source: padding
+    index = pi + pc * np.arange(len(labels))
+    if pc > 1:
+        from jax.experimental import multihost_utils
+
+        feats, labels, valids, index = multihost_utils.process_allgather((feats, labels, valids, index))
+        flat = lambda a: np.asarray(a).reshape((-1,) + np.asarray(a).shape[2:])  # noqa: E731  [P, R, ...] -> [P*R, ...]
+        feats, labels, valids, index = jax.tree.map(flat, feats), flat(labels), flat(valids), flat(index)
+    keep = np.flatnonzero(valids)
+    keep = keep[np.argsort(index[keep], kind="stable")]  # dataset order
+    if len(keep) == 0:
+        raise ValueError(f"no readable image in dataset {source!r}")
+    seconds = time.time() - t0
+    logging.getLogger("dinov2_jax.eval.features").info(
+        "%s: %d images in %.1f s (%.1f images/s, %d process(es))", desc, len(keep), seconds,
+        len(keep) / max(seconds, 1e-9), pc)
+    return jax.tree.map(lambda a: a[keep], feats), labels[keep]
 
 
 def classification_train_transform(image, rng: np.random.Generator, crop_size: int = 224,
@@ -167,31 +248,62 @@ def classification_train_transform(image, rng: np.random.Generator, crop_size: i
     return aug.normalize(img)
 
 
-def make_augmented_batch_fn(feat_fn: Callable, src: LabelledImages, *, batch_size: int, crop_size: int = 224,
-                            seed: int = 0) -> Callable:
-    """`it -> (features of a freshly augmented batch, labels [B])`: reshuffled passes over the source
-    (full batches only, as the official infinite sampler with drop_last), augmentation RNG seeded by
-    (seed, iteration) so a run is reproducible."""
-    readable = np.flatnonzero(src.labels() >= 0)
-    n = len(readable)
-    if n < batch_size:
-        raise ValueError(f"train set has {n} readable samples < batch size {batch_size}; lower --batch-size")
-    per_pass = n // batch_size
+@dataclasses.dataclass(frozen=True)
+class AugmentedBatch:
+    """`it -> (images [B, crop, crop, 3] float32, labels [B])`: batch `it` of the augmented train stream.
+    Picklable, so Grain worker processes run it (decode + RandomResizedCrop + flip + normalise)."""
+    src: LabelledImages
+    readable: np.ndarray  # indices of the readable samples
+    batch_size: int
+    crop_size: int
+    seed: int
 
-    def batch_fn(it: int):
-        order = readable[np.random.default_rng([seed, it // per_pass]).permutation(n)]
-        pos = (it % per_pass) * batch_size
-        rng = np.random.default_rng([seed, 1_000_003, it])
+    def __call__(self, it: int):
+        n, bs = len(self.readable), self.batch_size
+        per_pass = n // bs  # full batches only, as the official infinite sampler with drop_last
+        order = self.readable[np.random.default_rng([self.seed, it // per_pass]).permutation(n)]
+        pos = (it % per_pass) * bs
+        rng = np.random.default_rng([self.seed, 1_000_003, it])
         ims, labs = [], []
         for j in range(n):  # normally exactly batch_size steps; more only past unreadable files
-            rec = src.record(int(order[(pos + j) % n]))
+            rec = self.src.record(int(order[(pos + j) % n]))
             if rec is None:  # undecodable file (folder labels are listed without decoding): take the next
                 continue
-            ims.append(classification_train_transform(rec[0], rng, crop_size))
+            ims.append(classification_train_transform(rec[0], rng, self.crop_size))
             labs.append(rec[1])
-            if len(ims) == batch_size:
-                return feat_fn(np.stack(ims)), np.asarray(labs, np.int64)
-        raise ValueError(f"fewer than {batch_size} readable images in the train set")
+            if len(ims) == bs:
+                return np.stack(ims), np.asarray(labs, np.int64)
+        raise ValueError(f"fewer than {bs} readable images in the train set")
+
+
+def make_augmented_batch_fn(feat_fn: Callable, src: LabelledImages, *, batch_size: int, crop_size: int = 224,
+                            seed: int = 0, num_workers: int = 0) -> Callable:
+    """`it -> (features of a freshly augmented batch, labels [B])`: reshuffled passes over the source
+    (full batches only, as the official infinite sampler with drop_last), augmentation RNG seeded by
+    (seed, iteration) so a run is reproducible and resumable. Batches are made by `AugmentedBatch` in
+    `num_workers` Grain worker processes (0: in this process), prefetched in order; asking for another
+    iteration than the next one restarts the stream there."""
+    import grain
+
+    from dinov2_jax.data.pipeline import ensure_absl_flags_parsed
+
+    readable = np.flatnonzero(src.labels() >= 0)
+    if len(readable) < batch_size:
+        raise ValueError(f"train set has {len(readable)} readable samples < batch size {batch_size}; "
+                         "lower --batch-size")
+    load = AugmentedBatch(src, readable, batch_size, crop_size, seed)
+    stream = {"next": None, "it": None}
+
+    def batch_fn(it: int):
+        if stream["next"] != it:
+            ds = grain.MapDataset.range(it, 2**40).map(load).to_iter_dataset()
+            if num_workers > 0:
+                ensure_absl_flags_parsed()
+                ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
+            stream["it"] = iter(ds)
+        images, labels = next(stream["it"])
+        stream["next"] = it + 1
+        return feat_fn(images), labels
 
     return batch_fn
 
@@ -211,6 +323,20 @@ def add_eval_cli_args(p, *, default_batch_size: int, batch_help: str | None = No
     p.add_argument("--max-samples", type=int, default=None,
                    help="evaluate on an evenly spaced subset of this many images per split")
     p.add_argument("--num-workers", type=int, default=0, help="image decoding worker processes")
+    p.add_argument("--distributed", action="store_true",
+                   help="join a multi-process job (launch/local_multiprocess.py, SLURM, TPU pod: see README "
+                        "Multi-host launch): each process reads its share of the images, features are "
+                        "gathered once, process 0 writes the results")
+
+
+def init_cli_distributed(args) -> bool:
+    """`--distributed`: join the multi-process job (before any device use). True on the process that
+    writes the results (process 0, or the only one)."""
+    if getattr(args, "distributed", False):
+        from dinov2_jax.parallel.distributed import initialize_from_env
+
+        initialize_from_env()
+    return jax.process_index() == 0
 
 
 def load_cli_model(args):

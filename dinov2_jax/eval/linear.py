@@ -1,4 +1,4 @@
-"""Linear probe on frozen features (official DINOv2 `eval/linear.py`, spec section 7.2).
+"""Linear probe on frozen features (official DINOv2 `eval/linear.py`).
 
 Features: `get_intermediate_layers(x, n=4, return_class_token=True, norm=True)`; a head's input is the
 concatenated cls tokens of the last n blocks (n in {1, 4}), plus the mean of the **last** block's patch
@@ -12,11 +12,13 @@ Two training modes:
     run per iteration), and the only practical mode on CPU. It is NOT the official protocol, which
     trains on random-resized-crop + flip views; expect slightly different (usually lower) accuracy.
   * `augment=True` (`--augment`): the official protocol: each iteration draws a batch, applies
-    RandomResizedCrop(224, scale (0.08, 1), bicubic) + horizontal flip (p 0.5) and runs the backbone.
+    RandomResizedCrop(224, scale (0.08, 1), bicubic) + horizontal flip (p 0.5) and runs the backbone;
+    the batches are decoded and augmented by `--num-workers` Grain worker processes, prefetched.
 
 CLI:
   python -m dinov2_jax.eval.linear --weights W --train-dataset SPEC --val-dataset SPEC \
       [--epochs 10 --epoch-length 1250 | --iterations N] [--batch-size 128] [--augment] \
+      [--test-datasets SPEC ...] [--output-dir DIR (checkpoint, resume, best_linear_head.npz)] \
       [--output results_eval_linear.json]
 """
 from __future__ import annotations
@@ -78,17 +80,10 @@ def create_linear_input(feats: LinearFeatures, use_n_blocks: int, use_avgpool: b
 
 def make_linear_feature_fn(model, n_last_blocks: int = 4) -> Callable:
     """Jitted `images [B, H, W, 3] -> LinearFeatures` for an NNX backbone (inference, no stochasticity)."""
-    from flax import nnx
+    from dinov2_jax.pretrained import jit_module
 
-    graphdef, state = nnx.split(model)
-
-    @jax.jit
-    def fn(state, images):
-        m = nnx.merge(graphdef, state)
-        out = m.get_intermediate_layers(images, n=n_last_blocks, return_class_token=True, norm=True)
-        return compact_features(out)
-
-    return lambda images: fn(state, images)
+    return jit_module(model, lambda m, images: compact_features(
+        m.get_intermediate_layers(images, n=n_last_blocks, return_class_token=True, norm=True)))
 
 
 # ----------------------------------------------------------------------------- heads
@@ -217,8 +212,15 @@ def train_linear_heads(
     batch_fn: Callable | None = None,
     embed_dim: int | None = None,
     progress: bool = True,
+    checkpoint_path: str | None = None,
+    checkpoint_every: int = 1250,
 ):
     """Train all heads. Returns (params, scaled_lrs).
+
+    With `checkpoint_path`, the heads, momentum buffers and iteration are saved there every
+    `checkpoint_every` iterations and at the end; a run finding that file (same settings) continues from it
+    with the same batches as an uninterrupted run (pass p of the cached set is permutation
+    default_rng([seed, p]); augmented batches are seeded by iteration).
 
     Cached mode: train_features [N, ...] + train_labels [N]; batches are drawn by reshuffling the set every
     pass (seed `seed`), full batches only (official: infinite shuffled sampler, drop_last).
@@ -238,17 +240,20 @@ def train_linear_heads(
         raise ValueError("give train_features, or batch_fn together with embed_dim")
     params = init_heads(jax.random.key(seed), embed_dim, num_classes, len(lrs), n_last_blocks_list)
     buf = jax.tree.map(jnp.zeros_like, params)
+    settings = dict(batch_size=batch_size, max_iter=max_iter, lrs=[float(v) for v in lrs], seed=seed,
+                    n_last_blocks_list=list(n_last_blocks_list), num_classes=num_classes, embed_dim=int(embed_dim))
+    start = 0
+    if checkpoint_path and os.path.exists(checkpoint_path):
+        params, buf, start = load_training_checkpoint(checkpoint_path, params, settings)
+        logger.info("linear heads: resuming from %s at iteration %d", checkpoint_path, start)
     step_fn = make_train_step(max_iter, lrs, n_last_blocks_list)
-    rng = np.random.default_rng(seed)
-    order, pos = None, 0
     loss = None
-    bar = tqdm(range(max_iter), desc="linear heads", disable=not progress)
+    bar = tqdm(range(start, max_iter), desc="linear heads", disable=not progress, initial=start, total=max_iter)
     for it in bar:
         if train_features is not None:
-            if order is None or pos + batch_size > n:
-                order, pos = rng.permutation(n), 0
-            idx = order[pos : pos + batch_size]
-            pos += batch_size
+            per_pass = n // batch_size  # full batches only
+            order = np.random.default_rng([seed, it // per_pass]).permutation(n)
+            idx = order[(it % per_pass) * batch_size : (it % per_pass + 1) * batch_size]
             feats = LinearFeatures(*(np.asarray(a)[idx] for a in train_features))
             labels = labels_np[idx]
         else:
@@ -256,7 +261,36 @@ def train_linear_heads(
         params, buf, loss = step_fn(params, buf, feats, jnp.asarray(labels, jnp.int32), jnp.float32(it))
         if it % 50 == 0 or it == max_iter - 1:
             bar.set_postfix(loss=f"{float(loss):.4f}")
+        if checkpoint_path and ((it + 1) % checkpoint_every == 0 or it == max_iter - 1):
+            save_training_checkpoint(checkpoint_path, params, buf, it + 1, settings)
     return params, lrs
+
+
+def save_training_checkpoint(path: str, params, buf, iteration: int, settings: dict) -> None:
+    """Heads + momentum buffers + next iteration + the settings they belong to, written atomically."""
+    arrays = {}
+    for name, tree in (("params", params), ("buf", buf)):
+        for g, group in enumerate(tree):
+            for k, v in group.items():
+                arrays[f"{name}/{g}/{k}"] = np.asarray(v)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = path + ".tmp.npz"
+    np.savez(tmp, iteration=iteration, settings=json.dumps(settings), **arrays)
+    os.replace(tmp, path)
+
+
+def load_training_checkpoint(path: str, like_params, settings: dict):
+    """(params, buf, next iteration) from `save_training_checkpoint`; other settings -> ValueError."""
+    z = np.load(path)
+    saved = json.loads(str(z["settings"]))
+    if saved != json.loads(json.dumps(settings)):
+        diff = {k: (saved.get(k), v) for k, v in json.loads(json.dumps(settings)).items() if saved.get(k) != v}
+        raise ValueError(f"{path} was written with other settings {diff} (saved, now); delete it or use "
+                         "another --output-dir to start over")
+    trees = []
+    for name in ("params", "buf"):
+        trees.append([{k: jnp.asarray(z[f"{name}/{g}/{k}"]) for k in group} for g, group in enumerate(like_params)])
+    return trees[0], trees[1], int(z["iteration"])
 
 
 def select_best(accuracies: dict[str, float]) -> dict:
@@ -288,14 +322,28 @@ def linear_eval(
     num_workers: int = 0,
     seed: int = 0,
     progress: bool = True,
+    test_sources: Sequence = (),
+    output_dir: str | None = None,
+    checkpoint_every: int = 1250,
+    distributed: bool = False,
 ) -> dict:
     """Linear probe of an NNX backbone on two labelled sources (spec strings or sources).
 
+    test_sources: more labelled sets scored with the head chosen on val (official `--test-datasets`).
+    output_dir: training is checkpointed to `output_dir/running_checkpoint_linear.npz` (resumed when
+      present) and the best head on val is saved to `output_dir/best_linear_head.npz` (`load_linear_head`;
+      `python -m dinov2_jax.extract --linear-head` classifies images with it).
     Returns {"best_classifier": {"name", "accuracy" (fraction)}, "val_accuracy": percent,
-    "heads": {name: fraction}, "max_iter": int, "augment": bool}.
+    "heads": {name: fraction}, "max_iter": int, "augment": bool, "test_accuracy": {spec: percent},
+    "head_path": path or None}.
     """
-    from dinov2_jax.eval.features import extract_features, load_labelled_source, make_augmented_batch_fn
+    from dinov2_jax.eval.features import extract_features, load_train_val, make_augmented_batch_fn
 
+    # both sets exist, are non-empty and share class names before any backbone forward
+    train_src, val_src = load_train_val(train_source, val_source, max_samples=max_samples)
+    test_srcs = [load_train_val(train_src, t, max_samples=max_samples)[1] for t in test_sources]
+    ckpt = os.path.join(output_dir, "running_checkpoint_linear.npz") if output_dir else None
+    resume = dict(checkpoint_path=ckpt, checkpoint_every=checkpoint_every)
     n_list = tuple(n for n in N_LAST_BLOCKS_LIST if n <= model.n_blocks)
     if n_list != N_LAST_BLOCKS_LIST:
         logger.warning("backbone has only %d blocks: heads use n_last_blocks in %s (official %s)",
@@ -305,30 +353,86 @@ def linear_eval(
     if max_iter < 1:
         raise ValueError(f"number of iterations must be >= 1, got {max_iter}")
     common = dict(batch_size=batch_size, image_size=image_size, resize_size=resize_size,
-                  max_samples=max_samples, num_workers=num_workers, progress=progress)
+                  num_workers=num_workers, progress=progress, distributed=distributed)
+    if distributed and jax.process_index() != 0:  # every process trains the same heads; one writes files
+        output_dir = None
+        resume = dict(checkpoint_path=None, checkpoint_every=checkpoint_every)
     if augment:
-        train_src = load_labelled_source(train_source, max_samples=max_samples)
         labels_all = train_src.labels()
         batch_fn = make_augmented_batch_fn(feat_fn, train_src, batch_size=batch_size, crop_size=image_size,
-                                           seed=seed)
+                                           seed=seed, num_workers=num_workers)
         embed_dim = int(model.embed_dim)
         num_classes = int(labels_all.max()) + 1
         params, lrs = train_linear_heads(None, None, num_classes=num_classes, batch_size=batch_size,
                                          max_iter=max_iter, learning_rates=learning_rates, seed=seed,
                                          batch_fn=batch_fn, embed_dim=embed_dim, progress=progress,
-                                         n_last_blocks_list=n_list)
+                                         n_last_blocks_list=n_list, **resume)
     else:
-        train_feats, train_labels = extract_features(feat_fn, train_source, desc="linear train features", **common)
+        train_feats, train_labels = extract_features(feat_fn, train_src, desc="linear train features", **common)
         num_classes = int(np.max(train_labels)) + 1
         params, lrs = train_linear_heads(train_feats, train_labels, num_classes=num_classes,
                                          batch_size=batch_size, max_iter=max_iter,
                                          learning_rates=learning_rates, seed=seed, progress=progress,
-                                         n_last_blocks_list=n_list)
-    val_feats, val_labels = extract_features(feat_fn, val_source, desc="linear val features", **common)
+                                         n_last_blocks_list=n_list, **resume)
+    val_feats, val_labels = extract_features(feat_fn, val_src, desc="linear val features", **common)
     accs = evaluate_heads(params, val_feats, val_labels, lrs, n_last_blocks_list=n_list)
     best = select_best(accs)
+    test_accuracy = {}
+    for spec, src in zip(test_sources, test_srcs):  # official: the head chosen on val, scored on each test set
+        feats, labels = extract_features(feat_fn, src, desc=f"linear test features {spec}", **common)
+        test_accuracy[str(spec)] = 100.0 * evaluate_heads(params, feats, labels, lrs, n_last_blocks_list=n_list)[best["name"]]
+    head_path = None
+    if output_dir:
+        head_path = save_linear_head(os.path.join(output_dir, "best_linear_head.npz"), params, lrs, best, n_list,
+                                     classes=list(train_src.classes or [])[:num_classes], image_size=image_size, resize_size=resize_size)
     return {"best_classifier": best, "val_accuracy": 100.0 * best["accuracy"], "heads": accs,
-            "max_iter": max_iter, "augment": augment}
+            "max_iter": max_iter, "augment": augment, "test_accuracy": test_accuracy, "head_path": head_path}
+
+
+class LinearHead(NamedTuple):
+    """One trained head: logits = create_linear_input(features, use_n_blocks, use_avgpool) @ kernel + bias."""
+    kernel: np.ndarray  # [F, C]
+    bias: np.ndarray  # [C]
+    use_n_blocks: int
+    use_avgpool: bool
+    classes: list  # class names (train folder names), or [] when the dataset has none
+    name: str
+    image_size: int
+    resize_size: int
+
+
+def save_linear_head(path: str, params, lrs, best: dict, n_last_blocks_list, *, classes=None,
+                     image_size: int = 224, resize_size: int = 256) -> str:
+    """Save the head named `best["name"]` (official naming) as an .npz `load_linear_head` reads."""
+    names = head_names(lrs, n_last_blocks_list)
+    if best["name"] not in names:
+        raise ValueError(f"no head named {best['name']!r}")
+    g, l = divmod(names.index(best["name"]), len(lrs))
+    n, avg = head_configs(n_last_blocks_list)[g]
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    np.savez(path, kernel=np.asarray(params[g]["kernel"][l]), bias=np.asarray(params[g]["bias"][l]),
+             use_n_blocks=n, use_avgpool=avg, classes=np.asarray(list(classes or []), dtype=str),
+             name=best["name"], val_accuracy=best["accuracy"], image_size=image_size, resize_size=resize_size)
+    return path
+
+
+def load_linear_head(path: str) -> LinearHead:
+    """A head saved by `save_linear_head` (`best_linear_head.npz` of a linear-probe run)."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"linear head {path!r} does not exist (python -m dinov2_jax.eval.linear "
+                                "--output-dir DIR writes DIR/best_linear_head.npz)")
+    z = np.load(path)
+    return LinearHead(z["kernel"], z["bias"], int(z["use_n_blocks"]), bool(z["use_avgpool"]),
+                      [str(c) for c in z["classes"]], str(z["name"]), int(z["image_size"]), int(z["resize_size"]))
+
+
+def linear_head_logits(head: LinearHead, feats: LinearFeatures) -> np.ndarray:
+    """Class scores [B, C] of a saved head on LinearFeatures holding >= use_n_blocks blocks."""
+    x = np.asarray(create_linear_input(feats, head.use_n_blocks, head.use_avgpool))
+    if x.shape[1] != head.kernel.shape[0]:
+        raise ValueError(f"head expects {head.kernel.shape[0]} input features, the backbone gives {x.shape[1]}: "
+                         "use the backbone the head was trained on")
+    return x @ head.kernel + head.bias
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -342,6 +446,11 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="official protocol: RandomResizedCrop+flip views through the backbone every iteration "
                         "(slow); default trains on cached eval-transform features")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--test-datasets", nargs="+", default=[],
+                   help="labelled sets scored with the head chosen on val (official --test-datasets)")
+    p.add_argument("--output-dir", default=None,
+                   help="training checkpoint (resumed when present) and best_linear_head.npz go here")
+    p.add_argument("--checkpoint-every", type=int, default=1250, help="iterations between training checkpoints")
     p.add_argument("--output", default="results_eval_linear.json", help="results file (JSON lines appended)")
     return p
 
@@ -351,18 +460,30 @@ def main(argv=None) -> int:
     args = get_args_parser().parse_args(argv)
     from dinov2_jax.data.augmentations import eval_resize_size
 
+    from dinov2_jax.eval.features import init_cli_distributed, load_train_val
+
+    writer = init_cli_distributed(args)
+    train_src, val_src = load_train_val(args.train_dataset, args.val_dataset, max_samples=args.max_samples)
+    tests = [load_train_val(train_src, t, max_samples=args.max_samples)[1] for t in args.test_datasets]
     model = load_cli_model(args)
-    res = linear_eval(model, args.train_dataset, args.val_dataset, batch_size=args.batch_size,
+    res = linear_eval(model, train_src, val_src, batch_size=args.batch_size,
                       epochs=args.epochs, epoch_length=args.epoch_length, iterations=args.iterations,
                       learning_rates=args.learning_rates, augment=args.augment, image_size=args.image_size,
-                      resize_size=eval_resize_size(args.image_size), max_samples=args.max_samples,
-                      num_workers=args.num_workers, seed=args.seed)
+                      resize_size=eval_resize_size(args.image_size), num_workers=args.num_workers, seed=args.seed,
+                      test_sources=tests, output_dir=args.output_dir, checkpoint_every=args.checkpoint_every,
+                      distributed=args.distributed)
+    if not writer:
+        return 0
+    res["test_accuracy"] = dict(zip(args.test_datasets, res["test_accuracy"].values()))
     logger.info("best classifier: %s", res["best_classifier"])
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-    with open(args.output, "a") as f:
+    with open(args.output, "a") as f:  # official layout of results_eval_linear.json
         f.write(f"iter: {res['max_iter']}\n")
         f.write(json.dumps({"best_classifier": res["best_classifier"]}) + "\n")
-        f.write(json.dumps({f"{args.val_dataset}_accuracy": res["val_accuracy"]}) + "\n\n")
+        f.write(json.dumps({f"{args.val_dataset}_accuracy": res["val_accuracy"]}) + "\n")
+        for spec, acc in res["test_accuracy"].items():
+            f.write(json.dumps({f"{spec}_accuracy": acc}) + "\n")
+        f.write("\n")
     print(json.dumps({k: v for k, v in res.items() if k != "heads"}, indent=1))
     return 0
 

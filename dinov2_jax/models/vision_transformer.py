@@ -6,6 +6,7 @@ row-major. Parameter names mirror the torch module names (see docs/design.md) so
 rename + transpose. Blocks are stored flat (`blocks.{i}`); the official `block_chunks` layout only
 changes torch key names and is handled by `dinov2_jax.convert`.
 """
+import logging
 from typing import Sequence
 
 import jax
@@ -19,6 +20,8 @@ from dinov2_jax.models.layers.init import normal, trunc_normal
 from dinov2_jax.models.layers.norm import LayerNorm
 from dinov2_jax.models.layers.patch_embed import PatchEmbed, check_image_size
 from dinov2_jax.models.layers.pos_embed import interpolate_pos_embed
+
+logger = logging.getLogger(__name__)
 
 REMAT_POLICIES = ("none", "full", "dots")
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
@@ -245,6 +248,36 @@ class DinoVisionTransformer(nnx.Module):
         if return_class_token:
             return tuple(zip(patches, cls))
         return tuple(patches)
+
+    def get_self_attention(self, x: jax.Array, block: int = -1, num_queries: int | None = None) -> jax.Array:
+        """Softmax attention weights of one block (default the last), all heads: x [B, H, W, C] ->
+        `[B, heads, T, T]` float32, rows = queries, columns = keys, tokens `[cls, reg_1..reg_R, patches]`.
+        `num_queries` = Q keeps only the first Q rows (`[B, heads, Q, T]`; 1: the cls row).
+
+        The blocks before `block` run as in the deterministic forward (with the model's `attn_impl`);
+        the chosen block's weights come from the explicit-softmax path (`Attention.attention_weights`)
+        for that block only, because fused backends (cuDNN flash attention, Pallas) never return them.
+        """
+        if not -self.n_blocks <= block < self.n_blocks:
+            raise ValueError(f"block={block} out of range for depth {self.n_blocks} "
+                             f"(use 0..{self.n_blocks - 1}, or -1 for the last block).")
+        block = block % self.n_blocks
+        logger.info("self-attention weights of block %d: explicit softmax path for that block "
+                    "(the '%s' backend of the other blocks does not return weights)", block, self.attn_impl)
+        t = self._run_blocks(self.prepare_tokens_with_masks(x), 0, block, None)
+        blk = self.blocks[block]
+        return blk.attn.attention_weights(blk.norm1(t), num_queries)
+
+    def get_cls_attention_maps(self, x: jax.Array, block: int = -1) -> dict:
+        """The cls token's attention (the DINO picture) in one block, per head, from `get_self_attention`:
+        x [B, H, W, C] -> {"patches": [B, heads, H/p, W/p], "registers": [B, heads, R], "cls": [B, heads]}
+        (float32; the three together are the cls query's softmax row and sum to 1 per head).
+        """
+        b, h, w, _ = x.shape
+        row = self.get_self_attention(x, block, num_queries=1)[:, :, 0]  # [B, heads, T]
+        r, p = self.num_register_tokens, self.patch_size
+        return {"patches": row[:, :, 1 + r:].reshape(b, self.num_heads, h // p, w // p),
+                "registers": row[:, :, 1:1 + r], "cls": row[:, :, 0]}
 
 
 # ---- official factories (mlp_ratio 4, head_dim 64) ----------------------------------------------

@@ -16,6 +16,9 @@ Which launcher started us is decided from environment variables (`plan_from_env`
      no-argument `jax.distributed.initialize()`, which reads the TPU metadata;
    - nothing: a single process (no initialize call).
 
+`DINOV2_HEARTBEAT_TIMEOUT_S` (default: JAX's, 100 s) bounds how long the other processes live on after
+one dies: the coordination service then aborts them ("tasks are unhealthy (stopped sending heartbeats)").
+
 The chosen plan is logged on every process.
 """
 from __future__ import annotations
@@ -160,6 +163,9 @@ def initialize_from_env(env: Mapping[str, str] | None = None) -> DistributedPlan
         log.info("distributed: already initialized (process %d of %d)", jax.process_index(), jax.process_count())
         return plan
     kw = plan.initialize_kwargs()
+    env = os.environ if env is None else env
+    if env.get("DINOV2_HEARTBEAT_TIMEOUT_S"):
+        kw["heartbeat_timeout_seconds"] = _int(env, env["DINOV2_HEARTBEAT_TIMEOUT_S"], "DINOV2_HEARTBEAT_TIMEOUT_S")
     log.info("distributed: method=%s initialize(%s)", plan.method, kw)
     jax.distributed.initialize(**kw)
     log.info(

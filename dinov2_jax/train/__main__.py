@@ -2,7 +2,9 @@
 
 Runs (or resumes, when `train.output_dir` already holds checkpoints) a DINOv2 training run.
 Runs under `absl.app.run` so that grain's worker processes find the flags parsed.
-Exit codes: 0 done or stopped by SIGTERM after saving, 1 diverged (NaN/inf loss), 2 bad config/input.
+Exit codes: 0 done or stopped by SIGTERM / SIGINT after saving, 1 diverged (NaN/inf loss), 2 bad
+config/input (incl. an output directory locked by another run, or no usable checkpoint), 3 disk full,
+130 a second SIGINT (no save).
 """
 from __future__ import annotations
 
@@ -50,6 +52,9 @@ def main(argv):
 
     from dinov2_jax.parallel.distributed import initialize_from_env
     from dinov2_jax.train import trainer
+    from dinov2_jax.train.checkpoint import NoUsableCheckpointError
+    from dinov2_jax.train.disk_full import DiskFullError
+    from dinov2_jax.train.run_checks import OutputDirInUseError
 
     initialize_from_env()  # multi-host (SLURM / TPU pod / explicit coordinator); no-op for one process
 
@@ -59,10 +64,13 @@ def main(argv):
     cfg = _CONFIG.value
     try:
         result = trainer.train(cfg)
+    except DiskFullError as e:
+        print(f"error: {e.strerror}", file=sys.stderr, flush=True)
+        sys.exit(3)
     except trainer.TrainingDivergedError as e:
         print(f"error: training diverged: {e}", file=sys.stderr, flush=True)
         sys.exit(1)
-    except (FileNotFoundError, PermissionError, ValueError) as e:
+    except (FileNotFoundError, PermissionError, ValueError, OutputDirInUseError, NoUsableCheckpointError) as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         sys.exit(2)
     if result.stopped_by_signal:

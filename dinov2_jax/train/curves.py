@@ -1,7 +1,9 @@
-"""Training curves of a run directory as one picture: losses, schedules, gradient norms, throughput, k-NN.
+"""Training curves of a run directory as one picture: losses, schedules, gradient norms, throughput,
+evaluations.
 
-Reads `training_metrics.json` (one JSON object per log line, written by `MetricsLogger`) and, if present,
-`knn_metrics.json` (one line per periodic k-NN; iteration -1 is the random-init baseline). The trainer
+Reads `training_metrics.json` (one JSON object per log line, written by `MetricsLogger`) and the
+evaluators' `<name>_metrics.json` files (one line per periodic evaluation, e.g. `knn_metrics.json`;
+iteration -1 is the random-init baseline); their top-1 keys are drawn. The trainer
 redraws `training_curves.png` after every checkpoint and evaluation; by hand:
 
     python -m dinov2_jax.train.curves RUN_DIR [--out PATH]
@@ -49,6 +51,16 @@ def _series(records: list[dict], key: str):
     return [p[0] for p in pts], [p[1] for p in pts]
 
 
+def evaluation_records(run_dir: str) -> dict[str, list[dict]]:
+    """{evaluator name: its records by iteration} from the `<name>_metrics.json` files of a run
+    (written by the periodic evaluators, e.g. `knn_metrics.json`)."""
+    out = {}
+    for fname in sorted(os.listdir(run_dir)):
+        if fname.endswith("_metrics.json") and fname != "training_metrics.json":
+            out[fname[: -len("_metrics.json")]] = by_iteration(read_json_lines(os.path.join(run_dir, fname)))
+    return out
+
+
 def plot_training_curves(run_dir: str, out_path: str | None = None) -> str:
     """Draws the run's curves to `out_path` (default `RUN_DIR/training_curves.png`); returns the path."""
     import matplotlib
@@ -63,8 +75,7 @@ def plot_training_curves(run_dir: str, out_path: str | None = None) -> str:
     records = by_iteration(read_json_lines(metrics_path))
     if not records:
         raise ValueError(f"{metrics_path} holds no logged iterations yet")
-    knn_path = os.path.join(run_dir, "knn_metrics.json")
-    knn = by_iteration(read_json_lines(knn_path)) if os.path.isfile(knn_path) else []
+    evals = evaluation_records(run_dir)
 
     fig, axes = plt.subplots(2, 3, figsize=(15, 8), constrained_layout=True)
     panels = [
@@ -92,16 +103,18 @@ def plot_training_curves(run_dir: str, out_path: str | None = None) -> str:
             ax.text(0.5, 0.5, "not logged", ha="center", va="center", transform=ax.transAxes)
 
     ax = axes[1, 2]
-    ax.set_title("k-NN top-1 of the teacher (%)")
+    ax.set_title("top-1 of the teacher (%)" if set(evals) != {"knn"} else "k-NN top-1 of the teacher (%)")
     ax.set_xlabel("iteration (random init at 0)")
-    top1 = sorted({k for r in knn for k in r if "Top 1" in k})
-    for key in top1:
-        xs, ys = _series(knn, key)
-        ax.plot([max(x, 0) for x in xs], ys, marker="o", label=key)
-    if top1:
+    drawn = False
+    for name, recs in evals.items():
+        for key in sorted({k for r in recs for k in r if "Top 1" in k or k == "top-1"}):
+            xs, ys = _series(recs, key)
+            ax.plot([max(x, 0) for x in xs], ys, marker="o", label=key if name == "knn" else f"{name}: {key}")
+            drawn = True
+    if drawn:
         ax.legend(fontsize=8)
     else:
-        ax.text(0.5, 0.5, "no k-NN yet\n(evaluation.knn_train_dataset)", ha="center", va="center",
+        ax.text(0.5, 0.5, "no evaluation yet\n(evaluation.evaluators)", ha="center", va="center",
                 transform=ax.transAxes)
 
     last = records[-1]

@@ -20,6 +20,28 @@ import numpy as np
 WINDOW = 20
 
 
+def drop_torn_last_line(path: str) -> bytes:
+    """A run killed while writing a JSON line leaves it without its newline; appending to it would glue
+    the next run's first record onto it. Cuts such a last line off (returns the cut bytes, b"" if none)."""
+    if not os.path.exists(path):
+        return b""
+    with open(path, "r+b") as f:
+        size = f.seek(0, os.SEEK_END)
+        if size == 0:
+            return b""
+        f.seek(size - 1)
+        if f.read(1) == b"\n":
+            return b""
+        back = min(size, 1 << 20)  # a record is far shorter than 1 MiB
+        f.seek(size - back)
+        tail = f.read(back)
+        cut = size - back + tail.rfind(b"\n") + 1 if b"\n" in tail else (0 if back == size else size)
+        f.seek(cut)
+        torn = f.read()
+        f.truncate(cut)
+    return torn
+
+
 class MetricsLogger:
     """Collects per-iteration scalars and writes them every `log_period` iterations."""
 
@@ -31,7 +53,12 @@ class MetricsLogger:
         self.start_iter = start_iter
         self.stream = stream or sys.stdout
         self._meters: dict[str, collections.deque] = collections.defaultdict(lambda: collections.deque(maxlen=WINDOW))
-        self._json = open(os.path.join(output_dir, "training_metrics.json"), "a") if write_files else None
+        self._json = None
+        self.dropped_torn_line = b""
+        if write_files:
+            path = os.path.join(output_dir, "training_metrics.json")
+            self.dropped_torn_line = drop_torn_last_line(path)
+            self._json = open(path, "a")
         self._tb = None
         if tensorboard and write_files:
             from tensorboardX import SummaryWriter
@@ -63,6 +90,20 @@ class MetricsLogger:
         self.stream.flush()
         return record
 
+    def log_eval(self, name: str, iteration: int, results: dict) -> dict:
+        """One evaluation's results: a line `{"iteration", **results}` in `<name>_metrics.json` (JSON lines,
+        e.g. `knn_metrics.json`) and TensorBoard scalars `<name>/<key>`. Returns the record."""
+        record = {"iteration": iteration, **results}
+        if self._json is not None:  # files are written by process 0 only
+            with open(os.path.join(self.output_dir, f"{name}_metrics.json"), "a") as f:
+                f.write(json.dumps(record) + "\n")
+        if self._tb is not None:
+            for k, v in results.items():
+                if isinstance(v, (int, float)) and np.isfinite(v):
+                    self._tb.add_scalar(f"{name}/{k}", v, iteration)
+            self._tb.flush()
+        return record
+
     def _console_line(self, iteration: int, record: dict[str, float]) -> str:
         # ETA from the latest window's time per iteration (the first one includes compilation)
         per_iter = record.get("iter_time", (time.time() - self._t0) / max(self._iters_done, 1))
@@ -78,6 +119,8 @@ class MetricsLogger:
         grads = [f"{k.split('/')[-1]}={record[k]:.3g}" for k in sorted(record) if k.startswith("grad_norm/")]
         if grads:
             parts.append("grad_norm: " + ",".join(grads))
+        if record.get("skipped_images"):  # unreadable images dropped by the loader (shown once there are some)
+            parts.append(f"skipped_images: {int(record['skipped_images'])}")
         return f"Training [{bar}] [{done}/{self.total_iters}] eta: {eta}  " + "  ".join(parts)
 
     def info(self, message: str) -> None:

@@ -7,15 +7,23 @@
   `train.max_iterations > 0` stops after `max_iterations` iterations (schedules unchanged);
 * hyper-parameters of iteration `it` are `hparams_at(schedules, it)` (host floats -> f32 scalars, so
   the step compiles once);
-* every `train.checkpoint_period` iterations, at the end and on SIGTERM: an Orbax checkpoint
-  `ckpt/<it+1>` with the train state, the data-iterator state and the merged config;
-* a restart with the same `output_dir` restores the newest checkpoint and continues exactly
-  (same batches, same random keys, same losses);
-* every `evaluation.eval_period_iterations`: the teacher is exported to `eval/training_<it>/` in the
-  converter's format and, if `evaluation.knn_train_dataset` is set, evaluated with k-NN, with a PCA
-  picture of its patch features on 8 validation images (`eval/training_<it>/pca.png`);
+* every `train.checkpoint_period` iterations, at the end and on SIGTERM / a first SIGINT: an Orbax
+  checkpoint `ckpt/<it+1>` with the train state, the data-iterator state and the merged config (with
+  several processes, all agree on the iteration to stop after: `dinov2_jax.train.stop_agreement`);
+* a restart with the same `output_dir` restores the newest checkpoint that passes its checks
+  (checksums, structure, finite values; a damaged one is set aside with a warning) and continues
+  exactly (same batches, same random keys, same losses);
+* every input is checked before the first step (`dinov2_jax.train.run_checks`), and the output
+  directory is locked against a second run;
+* every `evaluation.eval_period_iterations` (after that iteration's checkpoint, if any): the teacher is
+  exported to `eval/training_<it>/` in the converter's format;
+* each evaluator of `evaluation.evaluators` (k-NN, log regression, linear probe; `dinov2_jax.eval.evaluators`)
+  runs on the teacher every `period` iterations (and before training with `at_start`): results in
+  `eval/training_<it>/results_eval_<name>.json`, one line per run in `<name>_metrics.json`, TensorBoard
+  scalars `<name>/<key>`, with a PCA picture of the teacher's patch features on 8 validation images
+  (`eval/training_<it>/pca.png`);
 * after every checkpoint and evaluation, `training_curves.png` (losses, schedules, gradient norms,
-  throughput, k-NN; `dinov2_jax.train.curves`) is redrawn;
+  throughput, evaluations; `dinov2_jax.train.curves`) is redrawn;
 * a non-finite loss stops the run with `TrainingDivergedError` naming the iteration; nothing computed
   after the last good checkpoint is saved.
 
@@ -25,12 +33,12 @@ so the loop itself can be tested with a toy objective.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import logging
 import math
 import os
-import signal
-import threading
+import sys
 import time
 from typing import Any, Callable
 
@@ -40,9 +48,13 @@ import ml_collections
 import numpy as np
 
 from dinov2_jax import config as config_lib
-from dinov2_jax.train.checkpoint import Checkpointer
+from dinov2_jax.train import run_checks
+from dinov2_jax.train.checkpoint import Checkpointer, as_path_string, tree_all_finite
+from dinov2_jax.train.disk_full import DiskFullError, DiskFullGuard, is_disk_full
+from dinov2_jax.train.stop_agreement import StepAgreement, StopSignals
 from dinov2_jax.train.curves import plot_training_curves
 from dinov2_jax.train.metrics_logger import MetricsLogger
+from dinov2_jax.train.remote_dir import RemoteMirror, is_remote
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +117,7 @@ def default_components() -> Components:
 
     def make_loader(cfg, seed):
         # one loader per process feeds all its local devices; `_put_batch` assembles the global batch
-        return make_train_loader(cfg, seed=seed,
+        return make_train_loader(cfg, seed=seed, sample_index=True,
                                  batch_size_per_process=cfg.train.batch_size_per_gpu * jax.local_device_count())
 
     return Components(create_train_state=create_train_state, make_train_step=make_train_step,
@@ -175,17 +187,20 @@ def iteration_range(cfg: ml_collections.ConfigDict, schedule_len: int) -> int:
 
 
 def check_output_dir(path: str) -> str:
-    """Creates `path` and checks it is writable; returns the absolute path."""
-    path = os.path.abspath(path)
+    """Creates `path` and checks it is writable; returns the absolute path (a remote URL such as
+    gs://bucket/run keeps its scheme: it is opened through etils.epath, as Orbax does)."""
+    from etils import epath
+
+    path = as_path_string(path)
     try:
-        os.makedirs(path, exist_ok=True)
-        probe = os.path.join(path, f".write_test_{os.getpid()}")
-        with open(probe, "w") as f:
-            f.write("ok")
-        os.remove(probe)
+        p = epath.Path(path)
+        p.mkdir(parents=True, exist_ok=True)
+        probe = p / f".write_test_{os.getpid()}"
+        probe.write_text("ok")
+        probe.unlink()
     except OSError as e:
         raise PermissionError(
-            f"train.output_dir={path!r} is not writable ({e.strerror}); pass "
+            f"train.output_dir={path!r} is not writable ({e.strerror or e}); pass "
             f"--config.train.output_dir=<a writable directory>") from None
     return path
 
@@ -202,36 +217,8 @@ def check_dataset_spec(spec: str, key: str = "train.dataset_path") -> None:
                 f"(e.g. ImageNet train/) or use 'demo' for the built-in data")
 
 
-class _StopFlag:
-    """Set by SIGTERM/SIGINT handlers; the loop finishes the current step, saves and returns."""
-
-    def __init__(self):
-        self.signum: int | None = None
-        self._old = {}
-
-    def install(self):
-        if threading.current_thread() is not threading.main_thread():
-            return self  # signal handlers can only be set from the main thread
-        for s in (signal.SIGTERM,):
-            self._old[s] = signal.signal(s, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        self.signum = signum
-
-    def restore(self):
-        for s, h in self._old.items():
-            signal.signal(s, h)
-
-
 def _to_float_dict(tree: dict) -> dict[str, float]:
     return {k: float(v) for k, v in tree.items()}
-
-
-def _tree_all_finite(tree: Any) -> bool:
-    leaves = [x for x in jax.tree.leaves(tree)
-              if hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jnp.floating)]
-    return bool(all(bool(jnp.all(jnp.isfinite(x))) for x in leaves))
 
 
 def _loss_of(metrics: dict[str, float]) -> float:
@@ -269,18 +256,59 @@ def train(cfg: ml_collections.ConfigDict, components: Components | None = None, 
           stream=None, use_mesh: bool = True) -> TrainResult:
     """Runs or resumes the run of `cfg` (not yet finalized: the LR scaling rule is applied here)."""
     world = jax.device_count()
+    run_checks.check_config_values(cfg)  # before the LR scaling rule divides by the batch size
     cfg = config_lib.finalize_config(cfg, world)
     output_dir = check_output_dir(cfg.train.output_dir)
     check_dataset_spec(cfg.train.dataset_path)
-    if cfg.train.batch_size_per_gpu < 1:
-        raise ValueError(f"train.batch_size_per_gpu must be >= 1, got {cfg.train.batch_size_per_gpu}")
-    comp = components or default_components()  # after the input checks: they need no heavy imports
+    run_checks.check_eval_inputs(cfg)
+    agree = StepAgreement()
     is_main = jax.process_index() == 0  # files are written once per run, by process 0
+    lock = run_checks.RunLock(output_dir, warn=lambda m: print(m, file=stream or sys.stderr, flush=True))
+    lock_error = None
     if is_main:
-        config_lib.save_config(cfg, output_dir)
+        try:
+            lock.acquire()
+        except run_checks.OutputDirInUseError as e:
+            lock_error = e
+    if not agree.all_true(lock_error is None):
+        raise lock_error or run_checks.OutputDirInUseError(
+            f"train.output_dir={output_dir!r} is in use by another run (process 0 could not lock it)")
+    try:
+        return _train_locked(cfg, components, stream, use_mesh, output_dir, agree)
+    finally:
+        lock.release()
+
+
+def _train_locked(cfg, components, stream, use_mesh, output_dir, agree) -> TrainResult:
+    world = jax.device_count()
+    comp = components or default_components()  # after the input checks: they need no heavy imports
+    is_main = jax.process_index() == 0
+    # a remote output dir (gs://...): checkpoints go there directly, the other files through a local
+    # mirror uploaded after every checkpoint (dinov2_jax/train/remote_dir.py)
+    mirror = RemoteMirror(output_dir) if is_remote(output_dir) and is_main else None
+    if mirror is not None:
+        mirror.download()
+    files_dir = mirror.local if mirror is not None else output_dir
+
+    def upload():
+        if mirror is None:
+            return
+        try:
+            mirror.upload()
+        except Exception as e:  # noqa: BLE001 - the checkpoints are safe; the logs are retried next time
+            logger.info(f"WARNING: could not copy the run's files from {mirror.local} to {output_dir}: {e!r}")
+
+    if is_main:
+        config_lib.save_config(cfg, files_dir)
     config_json = config_lib.config_to_json(cfg)
 
-    logger = MetricsLogger(output_dir, total_iters=0, stream=stream, write_files=is_main)
+    logger = MetricsLogger(files_dir, total_iters=0, stream=stream, write_files=is_main)
+    if mirror is not None:
+        logger.info(f"train.output_dir {output_dir} is remote: checkpoints are written there, the logs, curves and "
+                    f"exports to {mirror.local} and copied there after every checkpoint")
+    if logger.dropped_torn_line:
+        logger.info(f"Dropped the cut-off last line of {files_dir}/training_metrics.json (the previous run was "
+                    f"killed while writing it): {logger.dropped_torn_line[:80]!r}")
     mesh = build_mesh(cfg) if use_mesh else None
     from dinov2_jax.train.precision import resolve_precision
 
@@ -294,12 +322,12 @@ def train(cfg: ml_collections.ConfigDict, components: Components | None = None, 
     state = (comp.create_train_state(cfg, key, mesh=mesh) if mesh is not None
              else comp.create_train_state(cfg, key))
     ckpt = Checkpointer(os.path.join(output_dir, "ckpt"), max_to_keep=cfg.train.max_to_keep)
-    data_state = None
     start_it = 0
-    latest = ckpt.latest_step()
+    latest, state, data_state, saved_cfg = ckpt.restore_latest_valid(state, warn=logger.info,
+                                                                     all_true=agree.all_true)
     if latest is not None:
-        state, data_state, saved_cfg = ckpt.restore(latest, state)
         start_it = latest
+        run_checks.check_resume_compatible(saved_cfg, cfg, f"{ckpt.directory}/{latest}")
         changed = config_lib.config_diff(config_lib.config_from_json(json.dumps(saved_cfg)), cfg)
         logger.info(f"Resuming from {ckpt.directory}/{latest} (iteration {start_it})"
                     + (f"; config keys changed since that checkpoint: {changed}" if changed else ""))
@@ -317,14 +345,22 @@ def train(cfg: ml_collections.ConfigDict, components: Components | None = None, 
         logger.close()
         return TrainResult(start_it, start_it, last_it, False, {}, None)
 
-    if latest is None and cfg.evaluation.get("knn_at_start", False):
-        run_periodic_eval(cfg, comp, state, -1, output_dir, logger, export=False)  # the random-init baseline
+    from dinov2_jax.eval.evaluators import due, evaluators_from_config
+
+    evaluators = evaluators_from_config(cfg.evaluation)
+    at_start = [name for name, opts in evaluators.items() if opts["at_start"]]
+    if latest is None and at_start:  # the random-init baseline
+        run_periodic_eval(cfg, comp, state, -1, files_dir, logger, export=False, names=at_start)
 
     loader = comp.make_train_loader(cfg, seed=cfg.train.seed)
     if data_state is not None:
         loader.set_state(data_state)
     step_fn = comp.make_train_step(cfg)
-    stop = _StopFlag().install()
+    stop = StopSignals(stream=stream).install()
+    from dinov2_jax.data.pipeline import SkippedImageCount
+
+    skipped = SkippedImageCount(jax.process_index(), jax.process_count(), cfg.train.get("num_workers", 0),
+                                fresh_start=latest is None)
     global_batch = cfg.train.batch_size_per_gpu * world
 
     losses: dict[int, float] = {}
@@ -338,7 +374,8 @@ def train(cfg: ml_collections.ConfigDict, components: Components | None = None, 
     def kept() -> str:
         if last_saved is None:
             return "No checkpoint had been saved yet"
-        return f"The last good checkpoint ({ckpt.directory}/{last_saved}) is intact"
+        return (f"The last checkpoint ({ckpt.directory}/{last_saved}) is kept (its values were finite when "
+                f"saved; a resume checks its checksums)")
 
     def drain():
         """Pulls the pending metrics to host, stops on a non-finite loss, feeds the logger."""
@@ -358,7 +395,7 @@ def train(cfg: ml_collections.ConfigDict, components: Components | None = None, 
 
     def save(step: int):
         nonlocal last_saved
-        if not _tree_all_finite(state):
+        if not tree_all_finite(state):
             raise TrainingDivergedError(
                 f"the train state after iteration {step - 1} holds NaN/inf values; not saving it. "
                 f"{kept()}.")
@@ -367,18 +404,28 @@ def train(cfg: ml_collections.ConfigDict, components: Components | None = None, 
 
     def draw_curves():
         # A picture must never end a long run: a failure is reported in the log, training goes on.
-        if not is_main:
+        if not is_main or guard.seen:
             return
         try:
-            plot_training_curves(output_dir)
+            plot_training_curves(files_dir)
         except Exception as e:  # noqa: BLE001 - reported, not swallowed
-            logger.info(f"WARNING: could not draw {output_dir}/training_curves.png: {e!r}")
+            logger.info(f"WARNING: could not draw {files_dir}/training_curves.png: {e!r}")
+
+    def disk_full_error() -> DiskFullError:
+        return DiskFullError(
+            errno.ENOSPC, f"no space left on device while writing to {output_dir}. A checkpoint that was not "
+            f"complete is ignored on resume (the newest complete one is used): free space (or lower "
+            f"train.max_to_keep) and run the same command again")
 
     stopping = False
+    guard = DiskFullGuard(stream).install()
+    failure = None
     try:
         for it in range(start_it, last_it + 1):
             t_data = time.time()
             batch = next(loader)
+            if "sample_index" in batch:  # positions of the delivered images: counts the dropped ones
+                skipped.update(batch.pop("sample_index"))
             data_time = time.time() - t_data
             hp = {k: np.float32(v) for k, v in comp.hparams_at(schedules, it).items()}
             state, metrics = step_fn(state, _put_batch(batch, mesh), hp)
@@ -390,10 +437,14 @@ def train(cfg: ml_collections.ConfigDict, components: Components | None = None, 
             n_window += 1
             is_last = it == last_it
             do_log = (it + 1) % cfg.train.log_period == 0 or is_last or it == start_it
-            stopping = stop.signum is not None  # read once: a signal arriving later is seen next iteration
+            # every process learns whether any process was signalled, so all stop after this same
+            # iteration and enter the (collective) save together
+            stopping, skipped_total = agree.poll(stop.signum is not None, skipped.count)
             do_ckpt = (it + 1) % cfg.train.checkpoint_period == 0 or is_last or stopping
             period = cfg.evaluation.eval_period_iterations
-            do_eval = period > 0 and (it + 1) % period == 0
+            do_export = period > 0 and (it + 1) % period == 0
+            eval_names = due(evaluators, it, period)
+            do_eval = do_export or bool(eval_names)
             if do_log or do_ckpt or do_eval:
                 drain()
             if do_log:
@@ -403,26 +454,48 @@ def train(cfg: ml_collections.ConfigDict, components: Components | None = None, 
                     "iter_time": dt / max(n_window, 1), "data_time": data_time,
                     "images_per_s": global_batch * n_window / max(dt, 1e-9),
                     "current_batch_size": cfg.train.batch_size_per_gpu,
+                    "skipped_images": skipped_total,  # unreadable images dropped so far, all processes
                 })
                 t_window, n_window = time.time(), 0
+            if do_ckpt:  # before the evaluation: a failing evaluation must not cost the iterations before it
+                save(it + 1)
             if do_eval:
                 t_eval = time.time()
-                run_periodic_eval(cfg, comp, state, it, output_dir, logger)
+                run_periodic_eval(cfg, comp, state, it, files_dir, logger, export=do_export, names=eval_names)
                 t_window += time.time() - t_eval  # evaluation time is not training throughput
-            if do_ckpt:
-                save(it + 1)
             if do_ckpt or do_eval:
                 draw_curves()
+            if do_ckpt:
+                upload()
             if stopping:
-                logger.info(f"Received signal {stop.signum} at iteration {it}: saved checkpoint "
+                who = f"signal {stop.signum}" if stop.signum is not None else "a stop signal of another process"
+                logger.info(f"Received {who} at iteration {it}: saved checkpoint "
                             f"{ckpt.directory}/{it + 1}; exiting. Restart with the same "
                             f"train.output_dir to resume.")
                 break
         drain()
+    except BaseException as e:
+        failure = e
+        if is_disk_full(e):
+            raise disk_full_error() from None
+        raise
     finally:
         stop.restore()
-        ckpt.close()  # waits for the last asynchronous save
-        logger.close()
+        try:
+            for close in (ckpt.close, logger.close):  # ckpt.close waits for the last asynchronous save
+                try:
+                    close()
+                except BaseException as e:
+                    if failure is not None:
+                        continue  # the first error is the one reported
+                    failure = e
+                    if is_disk_full(e):
+                        raise disk_full_error() from None
+                    raise
+        finally:
+            guard.remove()
+            if not guard.seen:
+                upload()
     return TrainResult(start_it, (last_saved or 0), last_it, stopping, losses, record)
 
 
@@ -457,11 +530,15 @@ def init_from_weights(state, weights: str):
 
 
 def run_periodic_eval(cfg, comp: Components, state, it: int, output_dir: str, logger: MetricsLogger,
-                      export: bool = True) -> None:
-    """Teacher export to `eval/training_<it>/` (+ k-NN if `evaluation.knn_train_dataset` is set).
-    `it = -1` (with `export=False`): k-NN of the freshly initialised model (`evaluation.knn_at_start`).
+                      export: bool = True, names: list[str] | None = None) -> None:
+    """Teacher export to `eval/training_<it>/` (if `export`) and the evaluators `names` of
+    `evaluation.evaluators` (default: all). `it = -1` (with `export=False`): the freshly initialised model.
     Every process joins the parameter gather; process 0 alone exports, evaluates and writes (the others
     wait for it at the next train step)."""
+    from dinov2_jax.eval.evaluators import evaluators_from_config, run_evaluator, scalar_items
+
+    evaluators = evaluators_from_config(cfg.evaluation)
+    names = list(evaluators) if names is None else names
     out_dir = os.path.join(output_dir, "eval", f"training_{it}" if it >= 0 else "init")
     if comp.host_eval_state is not None:
         state = comp.host_eval_state(state, cfg)
@@ -470,34 +547,30 @@ def run_periodic_eval(cfg, comp: Components, state, it: int, output_dir: str, lo
     if export and comp.export_teacher is not None:
         comp.export_teacher(state, cfg, out_dir)
         logger.info(f"Exported the teacher to {out_dir}")
-    if cfg.evaluation.knn_train_dataset:
-        if comp.teacher_backbone is None:
-            raise ValueError("evaluation.knn_train_dataset is set but no teacher_backbone component is given")
-        from dinov2_jax.eval.knn import knn_eval
-
-        val = cfg.evaluation.knn_val_dataset or cfg.evaluation.knn_train_dataset
-        model_fn = comp.teacher_backbone(state, cfg)
-        image_size = cfg.evaluation.get("knn_image_size", 224)
-        resize_size = cfg.evaluation.get("knn_resize_size", 256)
-        results = knn_eval(model_fn, cfg.evaluation.knn_train_dataset, val,
-                           image_size=image_size, resize_size=resize_size,
-                           max_samples=cfg.evaluation.get("knn_max_samples", None) or None,
-                           nb_knn=tuple(cfg.evaluation.get("knn_nb_knn", (10, 20, 100, 200))),
-                           progress=False)
-        os.makedirs(out_dir, exist_ok=True)
-        with open(os.path.join(out_dir, "results_eval_knn.json"), "a") as f:
+    if not names:
+        return
+    if comp.teacher_backbone is None:
+        raise ValueError("evaluation.evaluators is set but no teacher_backbone component is given")
+    model_fn = comp.teacher_backbone(state, cfg)
+    os.makedirs(out_dir, exist_ok=True)
+    for name in names:
+        opts = evaluators[name]
+        t0 = time.time()
+        scalars, results = run_evaluator(opts, model_fn)
+        with open(os.path.join(out_dir, f"results_eval_{name}.json"), "a") as f:
             for k, v in results.items():
                 f.write(json.dumps({k: v}) + "\n")
-        with open(os.path.join(output_dir, "knn_metrics.json"), "a") as f:
-            f.write(json.dumps({"iteration": it, **results}) + "\n")
-        logger.info(f"k-NN at iteration {it}{' (random init)' if it < 0 else ''}: "
-                    + ", ".join(f"{k}={v:.2f}" for k, v in results.items() if "Top 1" in k))
-        if hasattr(model_fn, "forward_features"):
-            path = save_teacher_pca(model_fn, val, os.path.join(out_dir, "pca.png"), image_size=image_size,
-                                    resize_size=resize_size)
-            logger.info(f"PCA of the teacher's patch features: {path}")
-        else:
-            logger.info("No PCA picture: the teacher_backbone component gives no patch features")
+        logger.log_eval(name, it, scalars)
+        logger.info(f"{name} ({opts['type']}) at iteration {it}{' (random init)' if it < 0 else ''} "
+                    f"in {time.time() - t0:.1f}s: "
+                    + ", ".join(f"{k}={v:.2f}" for k, v in scalar_items(scalars) if k.endswith("Top 1") or k == "top-1"))
+    first = evaluators[names[0]]
+    if hasattr(model_fn, "forward_features"):
+        path = save_teacher_pca(model_fn, first["val_dataset"], os.path.join(out_dir, "pca.png"),
+                                image_size=first["image_size"], resize_size=first["resize_size"])
+        logger.info(f"PCA of the teacher's patch features: {path}")
+    else:
+        logger.info("No PCA picture: the teacher_backbone component gives no patch features")
 
 
 def save_teacher_pca(backbone, dataset: str, path: str, *, image_size: int = 224, resize_size: int = 256,
@@ -541,15 +614,11 @@ def _read_pretrained(path: str, option: str) -> dict:
     dinov2_jax.convert`, or an `eval/training_*` export) or an official `.pth` checkpoint."""
     from flax import nnx
 
-    from dinov2_jax import convert
+    from dinov2_jax import pretrained
 
-    if os.path.isdir(path):
-        model, heads = convert.load_converted(path, with_heads=True)
-    elif os.path.isfile(path):
-        import torch
-
-        obj = torch.load(path, map_location="cpu", weights_only=False)
-        model, heads, _ = convert.convert_torch_checkpoint(obj)
+    if os.path.exists(path):  # any from_pretrained format; a .pth goes through the weights-only reader
+        ckpt = pretrained.read_checkpoint(path)
+        model, heads = pretrained.build_from_checkpoint(ckpt, ckpt.config, with_heads=True)
     else:
         raise FileNotFoundError(f"{option}={path!r} does not exist (a converted directory or an official .pth)")
     params = {"backbone": nnx.state(model, nnx.Param).to_pure_dict()}

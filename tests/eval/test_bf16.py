@@ -50,7 +50,12 @@ def test_bf16_same_nearest_neighbours_as_fp32(converted):
     nn16, _ = nearest_neighbours(f16)
     # the set is not degenerate: each image's best match clearly beats its second best somewhere
     assert np.median(sorted32[:, -1] - sorted32[:, -2]) > 1e-3
-    np.testing.assert_array_equal(nn16, nn32)
+    # same neighbour wherever fp32's best match beats its second by more than bf16 can resolve (a few
+    # images here are near ties, 1e-4 apart in cosine, between two variants of the same pattern)
+    clear = sorted32[:, -1] - sorted32[:, -2] > 1e-3
+    assert clear.sum() >= len(clear) // 2
+    np.testing.assert_array_equal(nn16[clear], nn32[clear])
+    np.testing.assert_array_equal(nn16 // 4, nn32 // 4)  # and always a variant of the same pattern
     # and neighbours are the images' own group (4 noisy variants of one pattern)
     assert np.mean(nn32 // 4 == np.arange(len(nn32)) // 4) > 0.9
     # full k-NN eval on (first 2 of each group -> train, rest -> val) agrees between precisions too

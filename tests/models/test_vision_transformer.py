@@ -268,21 +268,6 @@ def test_get_intermediate_layers_errors_and_layout():
 
 
 # ---- live parity against timm's DINOv2 ViT (independent PyTorch implementation) ---------------------
-def _timm_to_official(sd, n_reg):
-    """timm key layout -> official (inverse of timm's _convert_dinov2)."""
-    out = {}
-    for k, v in sd.items():
-        v = v.detach().numpy()
-        if k == "reg_token":
-            out["register_tokens"] = v
-        else:
-            out[k] = v
-    if n_reg:  # timm (no_embed_class): cls already includes pos[:, 0]; pos has no cls slot
-        out["pos_embed"] = np.concatenate([np.zeros_like(out["pos_embed"][:, :1]), out["pos_embed"]], axis=1)
-    out["mask_token"] = np.zeros((1, out["cls_token"].shape[-1]), np.float32)  # timm has none
-    return out
-
-
 def _randomise_torch(model, seed):
     import torch
     g = torch.Generator().manual_seed(seed)
@@ -317,6 +302,8 @@ def test_matches_timm(case):
     timm = pytest.importorskip("timm")
     from timm.layers import SwiGLUPacked
 
+    from dinov2_jax.weights.layouts import timm_to_official  # inverse of timm's _convert_dinov2
+
     name, tkw, jkw, (h, w) = TIMM_CASES[case]
     dim, heads, depth = 64, 4, 2
     if tkw is None:  # ViT-g style packed SwiGLU: timm hidden = 2 * official rounded hidden
@@ -325,12 +312,10 @@ def test_matches_timm(case):
     tm = timm.create_model(name, pretrained=False, img_size=56, embed_dim=dim, depth=depth, num_heads=heads,
                            num_classes=0, **tkw).eval()
     _randomise_torch(tm, seed=len(case))
-    sd = {k: v for k, v in tm.state_dict().items()}
-    if jkw.get("ffn_layer") == "swiglufused":
-        sd = {k.replace("mlp.fc1", "mlp.w12").replace("mlp.fc2", "mlp.w3"): v for k, v in sd.items()}
+    sd = {k: v.detach().numpy() for k, v in tm.state_dict().items()}
     kw = dict(img_size=56, patch_size=14, embed_dim=dim, depth=depth, num_heads=heads, init_values=1.0)
     kw.update(jkw)
-    model = load_torch_state_dict(DinoVisionTransformer(**kw, rngs=nnx.Rngs(0)), _timm_to_official(sd, n_reg))
+    model = load_torch_state_dict(DinoVisionTransformer(**kw, rngs=nnx.Rngs(0)), timm_to_official(sd))
     x = torch.randn(2, 3, h, w, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         ref = tm.forward_features(x).numpy()

@@ -121,7 +121,7 @@ TINY_TRAIN = [
     "--config.dino.head_bottleneck_dim=32", "--config.ibot.head_n_prototypes=64", "--config.ibot.head_hidden_dim=64",
     "--config.ibot.head_bottleneck_dim=32", "--config.train.OFFICIAL_EPOCH_LENGTH=4", "--config.optim.epochs=3",
     "--config.train.log_period=1", "--config.evaluation.eval_period_iterations=0",
-    "--config.evaluation.knn_at_start=False", "--config.train.num_workers=0", "--config.train.checkpoint_period=3",
+    "--config.evaluation.evaluators.knn.at_start=False", "--config.train.num_workers=0", "--config.train.checkpoint_period=3",
 ]
 
 
@@ -165,7 +165,7 @@ def test_two_process_fsdp_run_exports_and_evaluates_once(tmp_path):
     elements): the periodic teacher export and k-NN gather them, and only process 0 writes."""
     out = tmp_path / "run"
     _train_2proc(out, 3, "--config.mesh.data=1", "--config.mesh.fsdp=2", "--config.mesh.fsdp_min_size=256",
-                 "--config.evaluation.eval_period_iterations=2", "--config.evaluation.knn_max_samples=40")
+                 "--config.evaluation.eval_period_iterations=2", "--config.evaluation.evaluators.knn.max_samples=40")
     import json
 
     knn = [json.loads(line) for line in open(out / "knn_metrics.json")]

@@ -100,6 +100,19 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, impl: str) -
     raise ValueError(f"Unknown attention backend {impl!r}; choose one of {ATTN_IMPLS}.")
 
 
+def attention_weights(q: jax.Array, k: jax.Array) -> jax.Array:
+    """Explicit softmax attention weights: q `[B, Q, H, hd]`, k `[B, N, H, hd]` -> `[B, H, Q, N]` float32
+    (rows sum to 1).
+
+    The fused backends never materialise this matrix, so attention maps (visualisation) come from this
+    path; `softmax(q k^T * hd**-0.5)` in float32 (q and k are upcast first), the same math as
+    `dot_product_attention` before the product with v.
+    """
+    hd = q.shape[-1]
+    logits = jnp.einsum("bqhd,bkhd->bhqk", q.astype(jnp.float32), k.astype(jnp.float32)) * hd ** -0.5
+    return jax.nn.softmax(logits, axis=-1)
+
+
 class Attention(nnx.Module):
     """Official `Attention`: qkv Linear(D, 3D) with rows [q | k | v] (heads contiguous), proj Linear(D, D).
 
@@ -121,3 +134,14 @@ class Attention(nnx.Module):
         q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
         out = dot_product_attention(q, k, v, self.attn_impl)
         return self.proj(out.reshape(b, n, d))
+
+    def attention_weights(self, x: jax.Array, num_queries: int | None = None) -> jax.Array:
+        """[B, N, D] (the block's normalised input) -> softmax weights `[B, H, Q, N]` float32, for the
+        first Q = `num_queries` query tokens (default all N; 1 = the cls row only, O(N) memory).
+
+        Always the explicit-softmax path (`attention_weights`), whatever `attn_impl` is: the fused
+        backends (cuDNN flash attention, the Pallas kernel) do not return the weights.
+        """
+        b, n, d = x.shape
+        qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, d // self.num_heads)
+        return attention_weights(qkv[:, :num_queries, 0], qkv[:, :, 1])

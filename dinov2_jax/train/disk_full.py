@@ -1,0 +1,83 @@
+"""A full disk (or quota) during a run: one clear error instead of hundreds of tracebacks.
+
+Orbax writes checkpoints from background threads; when the disk fills, each of its threads and asyncio
+loops logs its own traceback (and later "Event loop is closed" ones), and the error reaches the loop
+only at the next save. `DiskFullGuard` turns all of that into a single line, and `is_disk_full` lets
+the trainer raise `DiskFullError`, which says what is kept and what to do.
+"""
+from __future__ import annotations
+
+import errno
+import logging
+import sys
+import threading
+
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+_TEXT = ("No space left on device", "Disk quota exceeded")
+
+
+class DiskFullError(OSError):
+    """The output directory's file system is full."""
+
+
+def is_disk_full(exc: BaseException | None) -> bool:
+    """True if `exc` or an exception it was raised from / during is ENOSPC / EDQUOT (also TensorStore's
+    errors, which carry the text only)."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in _NO_SPACE:
+            return True
+        if any(t in str(exc) for t in _TEXT):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+class DiskFullGuard(logging.Filter):
+    """Installed on the loggers Orbax / asyncio report through while a run is active: the first record
+    about a full disk becomes one line on stderr; it and every later disk-full or "Event loop is closed"
+    record (the aftermath) are dropped."""
+
+    LOGGERS = ("absl", "asyncio", "orbax")
+
+    def __init__(self, stream=None):
+        super().__init__()
+        self.seen = False
+        self.stream = stream
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        text = record.getMessage()
+        if is_disk_full(exc) or any(t in text for t in _TEXT):
+            self._report_once()
+            return False
+        if self.seen and ("Event loop is closed" in text or (exc is not None and "Event loop is closed" in str(exc))):
+            return False
+        return True
+
+    def _report_once(self) -> None:
+        if not self.seen:
+            print("ERROR: no space left on device while writing the run's files (Orbax's tracebacks "
+                  "suppressed)", file=self.stream or sys.stderr, flush=True)
+        self.seen = True
+
+    def _thread_excepthook(self, args) -> None:
+        # a background thread dying of the full disk prints its traceback through threading.excepthook
+        if is_disk_full(args.exc_value):
+            self._report_once()
+            return
+        self._old_hook(args)
+
+    def install(self) -> "DiskFullGuard":
+        for name in self.LOGGERS:
+            logging.getLogger(name).addFilter(self)
+        self._old_hook = threading.excepthook
+        threading.excepthook = self._thread_excepthook
+        return self
+
+    def remove(self) -> None:
+        for name in self.LOGGERS:
+            logging.getLogger(name).removeFilter(self)
+        if threading.excepthook == self._thread_excepthook:
+            threading.excepthook = self._old_hook

@@ -1,0 +1,1 @@
+"""Checkpoint formats: torch-free `.pth` reading / writing (pth.py) and the HF / timm key layouts (layouts.py)."""
