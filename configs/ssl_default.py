@@ -28,6 +28,8 @@ def get_config() -> ml_collections.ConfigDict:
     c.dino.head_nlayers = 3
     c.dino.head_hidden_dim = 2048
     c.dino.koleo_loss_weight = 0.1
+    # DINO v1 `norm_last_layer`: the head's weight-norm gain stays frozen at 1 (DINOv2: trained)
+    c.dino.head_norm_last_layer = False
 
     c.ibot = ml_collections.ConfigDict()
     c.ibot.loss_weight = 1.0
@@ -84,6 +86,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.teacher.warmup_teacher_temp = 0.04
     c.teacher.teacher_temp = 0.07
     c.teacher.warmup_teacher_temp_epochs = 30
+    c.teacher.teacher_temp_schedule = "per_iteration"  # or "per_epoch" (DINO v1: one value per epoch)
     # Distillation (DINOv2 recipe for S/B/L): a frozen pretrained teacher instead of the EMA.
     c.teacher.pretrained_weights = ""  # converted dir or official .pth; "" = EMA teacher
     c.teacher.arch = ""  # "" = same architecture as the student
@@ -98,7 +101,8 @@ def get_config() -> ml_collections.ConfigDict:
     c.optim.min_lr = 1.0e-06
     c.optim.clip_grad = 3.0
     c.optim.freeze_last_layer_epochs = 1
-    c.optim.scaling_rule = "sqrt_wrt_1024"
+    c.optim.scaling_rule = "sqrt_wrt_1024"  # or "linear_wrt_256" (DINO v1: base_lr * batch / 256)
+    c.optim.clip_grad_mode = "per_submodule"  # or "per_parameter" (DINO v1 utils.clip_gradients)
     c.optim.patch_embed_lr_mult = 0.2
     c.optim.layerwise_decay = 0.9
     c.optim.adamw_beta1 = 0.9
@@ -114,6 +118,11 @@ def get_config() -> ml_collections.ConfigDict:
     # decodes, crops and flips; uint8 crops + sampled params travel). Same draws as the host path; see
     # README "Data". For GPU/TPU runs whose host CPUs limit images/s.
     c.crops.photometric_on_device = False
+    # Effective blur probabilities of (global crop 1, global crop 2, local crops) and the solarize probability
+    # of global crop 2. Official DINOv2 passes p=1.0/0.1/0.5 to a wrapper that applies the blur with 1 - p
+    # (dinov2/data/transforms.py), so the effective values are 0.0/0.9/0.5; DINO v1 applies 1.0/0.1/0.5.
+    c.crops.blur_probs = (0.0, 0.9, 0.5)
+    c.crops.solarize_prob = 0.2
 
     c.evaluation = ml_collections.ConfigDict()
     c.evaluation.eval_period_iterations = 12500  # teacher export

@@ -1,4 +1,4 @@
-"""Config files, command-line overrides, the LR scaling rule and the saved merged config.
+"""Config files, command-line overrides, the LR scaling rules and the saved merged config.
 
 A config file is a Python file with `get_config() -> ml_collections.ConfigDict` (see `configs/`).
 Overrides are dotted `key=value` strings (`optim.base_lr=0.002`), the same text that follows
@@ -116,13 +116,23 @@ def load_config(path: str, overrides: Sequence[str] = ()) -> ml_collections.Conf
     return apply_overrides(load_config_file(path), overrides)
 
 
+SCALING_RULES = {
+    # DINOv2 (dinov2/train/ssl_meta_arch.py apply_scaling_rules_to_cfg): base_lr is for a batch of 1024
+    "sqrt_wrt_1024": lambda base_lr, batch: base_lr * math.sqrt(batch / 1024.0),
+    # DINO v1 (main_dino.py, "linear scaling rule"): base_lr is for a batch of 256
+    "linear_wrt_256": lambda base_lr, batch: base_lr * batch / 256.0,
+}
+
+
 def scaled_lr(cfg: ml_collections.ConfigDict, world_size: int) -> float:
-    """Official scaling rule: lr = base_lr * sqrt(batch_size_per_gpu * world_size / 1024)."""
-    if cfg.optim.scaling_rule != "sqrt_wrt_1024":
+    """Peak lr from `optim.base_lr` and the global batch (batch_size_per_gpu * world_size) by
+    `optim.scaling_rule`: 'sqrt_wrt_1024' (DINOv2) or 'linear_wrt_256' (DINO v1)."""
+    rule = SCALING_RULES.get(cfg.optim.scaling_rule)
+    if rule is None:
         raise NotImplementedError(
-            f"optim.scaling_rule={cfg.optim.scaling_rule!r}: only 'sqrt_wrt_1024' exists (as in the official code)")
+            f"optim.scaling_rule={cfg.optim.scaling_rule!r}; use one of {sorted(SCALING_RULES)}")
     global_batch = cfg.train.batch_size_per_gpu * world_size
-    return float(cfg.optim.base_lr) * math.sqrt(global_batch / 1024.0)
+    return float(rule(float(cfg.optim.base_lr), global_batch))
 
 
 def finalize_config(cfg: ml_collections.ConfigDict, world_size: int) -> ml_collections.ConfigDict:

@@ -12,6 +12,8 @@ Gaussian blur probabilities: the official `GaussianBlur(p)` wrapper passes `1 - 
 pass p=1.0 / 0.1 / 0.5, so the effective blur probabilities of the released recipe are
 **0.0 for global crop 1, 0.9 for global crop 2 and 0.5 for local crops**. We use the effective
 values (`BLUR_PROB_*` below), i.e. we match what the released checkpoints were trained with.
+DINO v1 (`utils.GaussianBlur` in facebookresearch/dino) applies its p as given: 1.0 / 0.1 / 0.5. Both are
+config keys (`crops.blur_probs`, `crops.solarize_prob`, see configs/dino_vits16.py).
 """
 from __future__ import annotations
 
@@ -289,8 +291,14 @@ class DataAugmentationDINO:
     global_crops_size: int = 224
     local_crops_size: int = 96
     photometric_on_device: bool = False
+    # effective probabilities: blur of (global crop 1, global crop 2, local crops), solarize of global crop 2
+    blur_probs: tuple = (BLUR_PROB_GLOBAL1, BLUR_PROB_GLOBAL2, BLUR_PROB_LOCAL)
+    solarize_prob: float = SOLARIZE_PROB_GLOBAL2
 
     def __post_init__(self):
+        if len(self.blur_probs) != 3 or not all(0 <= p <= 1 for p in (*self.blur_probs, self.solarize_prob)):
+            raise ValueError(f"blur_probs must be 3 probabilities (global 1, global 2, local) and solarize_prob one "
+                             f"probability, got {self.blur_probs} and {self.solarize_prob}")
         for name in ("global_crops_scale", "local_crops_scale"):
             lo, hi = getattr(self, name)
             if not 0 < lo <= hi <= 1:
@@ -302,10 +310,13 @@ class DataAugmentationDINO:
 
     @classmethod
     def from_config(cls, crops_cfg) -> "DataAugmentationDINO":
-        """Build from `cfg.crops` (keys as the official config, + `photometric_on_device`)."""
+        """Build from `cfg.crops` (keys as the official config, + `photometric_on_device`, `blur_probs`,
+        `solarize_prob`)."""
         return cls(tuple(crops_cfg.global_crops_scale), tuple(crops_cfg.local_crops_scale),
                    int(crops_cfg.local_crops_number), int(crops_cfg.global_crops_size),
-                   int(crops_cfg.local_crops_size), bool(crops_cfg.get("photometric_on_device", False)))
+                   int(crops_cfg.local_crops_size), bool(crops_cfg.get("photometric_on_device", False)),
+                   tuple(float(p) for p in crops_cfg.get("blur_probs", cls.blur_probs)),
+                   float(crops_cfg.get("solarize_prob", cls.solarize_prob)))
 
     def sample_crops(self, image, rng: np.random.Generator):
         """Yields (geometric crop (PIL), PhotometricParams) for global 1, global 2, then the local crops.
@@ -314,9 +325,10 @@ class DataAugmentationDINO:
         `rng` through this generator only, so they see the same crops and parameters for a seed.
         """
         img = to_pil_rgb(image)
-        specs = [(self.global_crops_size, self.global_crops_scale, BLUR_PROB_GLOBAL1, 0.0),
-                 (self.global_crops_size, self.global_crops_scale, BLUR_PROB_GLOBAL2, SOLARIZE_PROB_GLOBAL2)]
-        specs += [(self.local_crops_size, self.local_crops_scale, BLUR_PROB_LOCAL, 0.0)] * self.local_crops_number
+        b1, b2, bl = self.blur_probs
+        specs = [(self.global_crops_size, self.global_crops_scale, b1, 0.0),
+                 (self.global_crops_size, self.global_crops_scale, b2, self.solarize_prob)]
+        specs += [(self.local_crops_size, self.local_crops_scale, bl, 0.0)] * self.local_crops_number
         for size, scale, blur_prob, solarize_prob in specs:
             crop = _geometric(img, rng, size, scale)
             yield crop, sample_photometric(rng, blur_prob, solarize_prob)

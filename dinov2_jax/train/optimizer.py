@@ -6,7 +6,8 @@ with lr, wd, last_layer_lr read from the per-step `hparams` (traced scalars, so 
     p <- p - lr * wd * p - lr * m_hat / (sqrt(v_hat) + eps)        (decoupled decay on the old p)
 The Adam moments come from `optax.scale_by_adam` (b1, b2 from the config, eps 1e-8 = torch default).
 Clipping follows torch/FSDP `clip_grad_norm_` per student submodule (backbone, dino_head, ibot_head):
-g <- g * min(1, max_norm / (||g|| + 1e-6)).
+g <- g * min(1, max_norm / (||g|| + 1e-6)); DINO v1 (`utils.clip_gradients`) clips every parameter
+array on its own norm instead (`clip_per_parameter`).
 """
 from typing import Any, Dict, Tuple
 
@@ -45,6 +46,23 @@ def clip_by_submodule(grads: Dict[str, Any], max_norm: float) -> Tuple[Dict[str,
             g = jax.tree.map(lambda x: (x * coef).astype(x.dtype), g)
         out[name] = g
     return out, norms
+
+
+def clip_per_parameter(grads: Dict[str, Any], max_norm: float) -> Tuple[Dict[str, Any], Dict[str, jax.Array]]:
+    """DINO v1 `utils.clip_gradients`: each parameter array g <- g * min(1, max_norm / (||g|| + 1e-6)).
+
+    Returns the clipped grads and, for logging, the pre-clip global norm of each submodule.
+    `max_norm <= 0` disables clipping.
+    """
+    norms = {name: global_norm(g) for name, g in grads.items()}
+    if max_norm <= 0:
+        return grads, norms
+
+    def one(x):
+        coef = jnp.minimum(max_norm / (jnp.sqrt(jnp.sum(jnp.square(x.astype(jnp.float32)))) + CLIP_EPS), 1.0)
+        return (x * coef).astype(x.dtype)
+
+    return jax.tree.map(one, grads), norms
 
 
 def apply_updates(params, grads, adam_state, adam: optax.GradientTransformation, multipliers, hparams):

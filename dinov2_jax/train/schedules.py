@@ -51,8 +51,10 @@ def build_schedules(cfg: ml_collections.ConfigDict, world_size: Optional[int] = 
     """The five official schedules, keyed `lr, wd, mom, teacher_temp, last_layer_lr`.
 
     The peak lr is `cfg.optim.lr` when it is set (> 0, i.e. the config was finalized); otherwise pass
-    `world_size` (number of data-parallel devices) and the sqrt_wrt_1024 rule is applied:
-    lr = base_lr * sqrt(batch_size_per_gpu * world_size / 1024).
+    `world_size` (number of data-parallel devices) and `optim.scaling_rule` is applied (e.g. sqrt_wrt_1024:
+    lr = base_lr * sqrt(batch_size_per_gpu * world_size / 1024)).
+    `teacher.teacher_temp_schedule`: "per_iteration" (DINOv2: linear warmup over iterations) or
+    "per_epoch" (DINO v1 `DINOLoss`: linspace over epochs, constant within an epoch).
     """
     from dinov2_jax.config import scaled_lr  # the one implementation of the scaling rule
 
@@ -69,12 +71,20 @@ def build_schedules(cfg: ml_collections.ConfigDict, world_size: Optional[int] = 
     lr = dict(base_value=peak_lr, final_value=o.min_lr, total_iters=total, warmup_iters=int(o.warmup_epochs) * L,
               start_warmup_value=0.0)
     tt_iters = int(t.warmup_teacher_temp_epochs) * L
+    temp = CosineSchedule(t.teacher_temp, t.teacher_temp, tt_iters, warmup_iters=tt_iters,
+                          start_warmup_value=t.warmup_teacher_temp)
+    mode = t.get("teacher_temp_schedule", "per_iteration")
+    if mode == "per_epoch":
+        per_epoch = np.linspace(t.warmup_teacher_temp, t.teacher_temp, int(t.warmup_teacher_temp_epochs))
+        temp.schedule = np.repeat(per_epoch, L)
+    elif mode != "per_iteration":
+        raise ValueError(f"teacher.teacher_temp_schedule={mode!r}; use 'per_iteration' (DINOv2) or "
+                         "'per_epoch' (DINO v1)")
     out = {
         "lr": CosineSchedule(**lr),
         "wd": CosineSchedule(o.weight_decay, o.weight_decay_end, total),
         "mom": CosineSchedule(t.momentum_teacher, t.final_momentum_teacher, total),
-        "teacher_temp": CosineSchedule(t.teacher_temp, t.teacher_temp, tt_iters, warmup_iters=tt_iters,
-                                       start_warmup_value=t.warmup_teacher_temp),
+        "teacher_temp": temp,
         "last_layer_lr": CosineSchedule(**lr),
     }
     # the head's last layer is frozen for the first freeze_last_layer_epochs (official "mimicking" line)

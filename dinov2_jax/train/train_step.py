@@ -11,8 +11,11 @@ One step = official `forward_backward` + per-submodule clip + AdamW + EMA teache
   student on the global crops (with masks) and the local crops (separately: the official packed forward
   is token-wise equivalent), stochastic depth keys from `state.rng`;
   loss = w_dino*(dino_local + dino_global) + koleo + w_ibot*ibot, with the official normalisations;
-  grads -> clip each submodule to `optim.clip_grad` -> AdamW with per-parameter multipliers ->
+  grads -> clip each submodule (DINO v1: each parameter) to `optim.clip_grad` -> AdamW with per-parameter
+  multipliers ->
   teacher <- mom*teacher + (1-mom)*student (skipped for a frozen pretrained teacher) -> centers updated.
+DINO v1 (configs/dino_vits16.py) is this step with ibot.loss_weight = koleo_loss_weight = 0, no masks,
+`dino.head_norm_last_layer` (the head's weight-norm gain frozen at its value, 1) and per-parameter clipping.
 Shapes are static for a config (padded masked-token buffer of `upperbound` rows), so the step compiles once.
 Parameters are float32; the forward runs in `cfg.compute_precision.compute_dtype`; losses, softmax,
 centering and Sinkhorn run in float32.
@@ -32,8 +35,8 @@ from dinov2_jax.losses.koleo_loss import koleo_loss
 from dinov2_jax.models.dino_head import DINOHead
 from dinov2_jax.models.vision_transformer import build_backbone
 from dinov2_jax.train.ema import ema_update
-from dinov2_jax.train.optimizer import apply_updates, clip_by_submodule, make_adam
-from dinov2_jax.train.param_groups import build_param_multipliers
+from dinov2_jax.train.optimizer import apply_updates, clip_by_submodule, clip_per_parameter, make_adam
+from dinov2_jax.train.param_groups import ParamMultipliers, build_param_multipliers
 from dinov2_jax.train.precision import resolve_compute_dtype
 from dinov2_jax.train.state import TrainState
 
@@ -202,6 +205,16 @@ def _heads_on_groups(head, pieces, G: int) -> list:
     return [out[:, a:b].reshape(G * (b - a), -1) for a, b in zip(offsets[:-1], offsets[1:])]
 
 
+CLIP_MODES = {"per_submodule": clip_by_submodule, "per_parameter": clip_per_parameter}
+
+
+def _freeze_gain(student):
+    """DINO v1 `norm_last_layer`: no gradient reaches the DINO head's weight-norm gain `weight_g`."""
+    head = student["dino_head"]
+    ll = dict(head["last_layer"], weight_g=jax.lax.stop_gradient(head["last_layer"]["weight_g"]))
+    return dict(student, dino_head=dict(head, last_layer=ll))
+
+
 def make_train_step(cfg, *, arch_overrides: Optional[Dict[str, Any]] = None,
                     frozen_teacher: Optional[bool] = None) -> Callable:
     """Returns the pure `train_step(state, batch, hparams) -> (state, metrics)` (wrap it in jax.jit).
@@ -229,6 +242,14 @@ def make_train_step(cfg, *, arch_overrides: Optional[Dict[str, Any]] = None,
                          "an EMA teacher must match the student; set teacher.pretrained_weights for distillation")
     depth = len(s_abs["backbone"]["blocks"])
     mults = build_param_multipliers(s_abs, depth, cfg.optim.layerwise_decay, cfg.optim.patch_embed_lr_mult)
+    norm_last_layer = bool(cfg.dino.get("head_norm_last_layer", False))
+    if norm_last_layer:  # DINO v1: the gain has requires_grad=False, so it is in no optimizer group
+        mults["dino_head"]["last_layer"]["weight_g"] = ParamMultipliers(0.0, 0.0, True)
+    clip_mode = cfg.optim.get("clip_grad_mode", "per_submodule")
+    if clip_mode not in CLIP_MODES:
+        raise ValueError(f"optim.clip_grad_mode={clip_mode!r}; use 'per_submodule' (DINOv2) or "
+                         "'per_parameter' (DINO v1)")
+    clip_fn = CLIP_MODES[clip_mode]
     adam = make_adam(cfg.optim.adamw_beta1, cfg.optim.adamw_beta2)
 
     n_local = int(cfg.crops.local_crops_number)
@@ -250,9 +271,9 @@ def make_train_step(cfg, *, arch_overrides: Optional[Dict[str, Any]] = None,
         cls = out["x_norm_clstoken"]  # [G*2b, D]
         # swapped within each group: student crop 1 <-> teacher crop 2
         cls = cls.reshape((G, N_GLOBAL_CROPS, -1, cls.shape[-1]))[:, ::-1].reshape(-1, cls.shape[-1])
-        # zero buffer rows past n_masked, like the official zero-initialised buffer
-        buf = _gather_masked(out["x_norm_patchtokens"], batch["mask_indices_list"])
-        buf = jnp.where(valid[:, None], buf, 0).astype(buf.dtype)
+        if do_ibot:  # zero buffer rows past n_masked, like the official zero-initialised buffer
+            buf = _gather_masked(out["x_norm_patchtokens"], batch["mask_indices_list"])
+            buf = jnp.where(valid[:, None], buf, 0).astype(buf.dtype)
         dino_head = _merge(t_graph["dino_head"], tp["dino_head"])
         if not do_ibot:
             (t_cls,), t_patch = _heads_on_groups(dino_head, [cls], G), None
@@ -286,6 +307,8 @@ def make_train_step(cfg, *, arch_overrides: Optional[Dict[str, Any]] = None,
         g_crops = batch["collated_global_crops"]
         n_img = g_crops.shape[0] // N_GLOBAL_CROPS  # all groups
         k_g, k_l = jax.random.split(key)
+        if norm_last_layer:
+            student = _freeze_gain(student)
         bb = _merge(s_graph["backbone"], student["backbone"])
         dino_head = _merge(s_graph["dino_head"], student["dino_head"])
         g_out = bb.forward_features(g_crops, batch["collated_masks"], key=k_g, batch_groups=G)
@@ -344,7 +367,7 @@ def make_train_step(cfg, *, arch_overrides: Optional[Dict[str, Any]] = None,
         rng, k_step = jax.random.split(state.rng)
         (loss, parts), grads = jax.value_and_grad(loss_fn, has_aux=True)(
             state.student, batch, p_cls, p_patch, valid, k_step, G)
-        grads, norms = clip_by_submodule(grads, clip)
+        grads, norms = clip_fn(grads, clip)
         student, opt_state = apply_updates(state.student, grads, state.opt_state, adam, mults, hp)
         teacher = state.teacher if frozen else ema_update(state.teacher, student, hp["mom"])
         new_state = state.replace(student=student, teacher=teacher, opt_state=opt_state, dino_center=dino_c,

@@ -336,8 +336,8 @@ def _train_locked(cfg, components, stream, use_mesh, output_dir, agree) -> Train
             state = init_from_weights(state, cfg.MODEL.WEIGHTS)
             logger.info(f"Initialised student and teacher from {cfg.MODEL.WEIGHTS} (MODEL.WEIGHTS); "
                         f"optimizer state and iteration start fresh")
-        logger.info(f"Starting a new run in {output_dir} (lr {cfg.optim.lr:.6g} = base_lr "
-                    f"{cfg.optim.base_lr} x sqrt({cfg.train.batch_size_per_gpu * world}/1024))")
+        logger.info(f"Starting a new run in {output_dir} (lr {cfg.optim.lr:.6g} = base_lr {cfg.optim.base_lr}, "
+                    f"{cfg.optim.scaling_rule} for a batch of {cfg.train.batch_size_per_gpu * world})")
 
     if start_it > last_it:
         logger.info(f"Run already complete (next iteration {start_it} > last {last_it}); nothing to do.")
