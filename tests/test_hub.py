@@ -33,7 +33,7 @@ def test_arch_table(name):
     assert (a["img_size"], a["patch_size"], a["init_values"], a["mlp_ratio"]) == (518, 14, 1.0, 4.0)
     assert (a["num_register_tokens"], a["interpolate_antialias"], a["interpolate_offset"]) == \
         ((4, True, 0.0) if reg else (0, False, 0.1))
-    # one parameter tensor per official state-dict key (spec 8.3 counts, +1 for register_tokens)
+    # one parameter tensor per official state-dict key (official state-dict counts, +1 for register_tokens)
     assert len(abstract_param_shapes(name)) == n_keys + int(reg)
 
 
