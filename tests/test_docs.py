@@ -20,7 +20,7 @@ TEXT_EXT = (".py", ".md", ".sh", ".txt", ".yaml", ".yml", ".cfg", ".toml", "READ
 
 # markdown links / images `[text](target)` and html `src="target"` / `href="target"`
 LINK = re.compile(r"\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)|(?:src|href)=\"([^\"]+)\"")
-SPEC_CITATION = re.compile(r"\bspec\s+\d+(\.\d+)?", re.IGNORECASE)
+SPEC_CITATION = re.compile(r"\bspec\s+(section\s+)?\d|\(section\s+\d+(\.\d+)*\)", re.IGNORECASE)
 SHARED_PATH = re.compile(r"\.\./shared")
 # a path into this repository written in backticks, e.g. `dinov2_jax/train/ema.py` or `docs/data.md`
 REPO_PATH = re.compile(r"`((?:dinov2_jax|tests|docs|benchmarks|launch|configs)/[A-Za-z0-9_./-]+)`")
@@ -89,6 +89,7 @@ def test_the_checks_catch_what_they_should():
         ["docs/x.md", "img.png"]
     assert relative_link_targets('<img src="docs/p.png" width=3>') == ["docs/p.png"]
     assert SPEC_CITATION.search("as in (spec 5.2)") and SPEC_CITATION.search("Spec 2 says")
+    assert SPEC_CITATION.search("# spec section 8.1: sizes") and SPEC_CITATION.search("every key (section 6.1)")
     assert not SPEC_CITATION.search("PartitionSpec(None)") and not SPEC_CITATION.search("dataset spec string")
     assert SHARED_PATH.search("see ../shared/reference/x.md")
     assert REPO_PATH.findall("in `dinov2_jax/no_such.py` and `dinov2/loss/koleo_loss.py`") == ["dinov2_jax/no_such.py"]

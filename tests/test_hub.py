@@ -12,7 +12,7 @@ from dinov2_jax import hub
 
 OFFICIAL = os.environ.get("DINOV2_OFFICIAL_PATH", "/work/ref/dinov2")
 
-# spec section 8.1 / 8.3: (embed_dim, depth, heads, ffn, number of official state-dict keys)
+# official hubconf architectures (dinov2/hub/backbones.py): (embed_dim, depth, heads, ffn, number of official state-dict keys)
 EXPECTED = {"s": (384, 12, 6, "mlp", 175), "b": (768, 12, 12, "mlp", 175), "l": (1024, 24, 16, "mlp", 343),
             "g": (1536, 40, 24, "swiglufused", 567)}
 
