@@ -45,15 +45,31 @@ def _lines_matching(rel, pattern):
     return [f"{rel}:{i}: {line.strip()}" for i, line in enumerate(_read(rel).splitlines(), 1) if pattern.search(line)]
 
 
-def relative_link_targets(text):
-    """Targets of the relative links / images in markdown `text` (no URLs, no pure anchors), anchors dropped."""
+def relative_link_targets(text, keep_anchor=False):
+    """Targets of the relative links / images in markdown `text` (no URLs); anchors dropped unless `keep_anchor`
+    (then a pure anchor `#sec` is returned as is)."""
     out = []
     for m in LINK.finditer(text):
         target = m.group(1) or m.group(2)
-        if re.match(r"^[a-z][a-z0-9+.-]*:", target, re.IGNORECASE) or target.startswith("#"):
+        if re.match(r"^[a-z][a-z0-9+.-]*:", target, re.IGNORECASE) or (target.startswith("#") and not keep_anchor):
             continue  # http:, https:, mailto: ... or an anchor in the same page
-        out.append(target.split("#", 1)[0])
+        out.append(target if keep_anchor else target.split("#", 1)[0])
     return out
+
+
+def heading_anchors(text):
+    """GitHub's anchors of the markdown headings of `text` (headings inside code fences are not headings)."""
+    anchors, seen, fenced = set(), {}, False
+    for line in text.splitlines():
+        if line.lstrip().startswith("```"):
+            fenced = not fenced
+        m = None if fenced else re.match(r"^#{1,6}\s+(.*?)\s*#*\s*$", line)
+        if m:
+            slug = re.sub(r"[^\w\- ]", "", m.group(1).strip().lower()).replace(" ", "-")
+            n = seen.get(slug, 0)
+            seen[slug] = n + 1
+            anchors.add(slug if n == 0 else f"{slug}-{n}")
+    return anchors
 
 
 @pytest.mark.parametrize("doc", DOC_FILES)
@@ -61,6 +77,13 @@ def test_relative_links_resolve(doc):
     base = os.path.dirname(os.path.join(ROOT, doc))
     missing = [t for t in relative_link_targets(_read(doc)) if not os.path.exists(os.path.normpath(os.path.join(base, t)))]
     assert not missing, f"{doc}: links to files that do not exist: {missing}"
+    bad_anchor = []
+    for t in relative_link_targets(_read(doc), keep_anchor=True):
+        path, _, anchor = t.partition("#")
+        target = os.path.normpath(os.path.join(base, path)) if path else os.path.join(ROOT, doc)
+        if anchor and target.endswith(".md") and anchor not in heading_anchors(open(target, encoding="utf-8").read()):
+            bad_anchor.append(t)
+    assert not bad_anchor, f"{doc}: links to headings that do not exist: {bad_anchor}"
 
 
 def test_no_external_spec_or_shared_citations():
@@ -88,6 +111,9 @@ def test_the_checks_catch_what_they_should():
     assert relative_link_targets("see [a](docs/x.md#top), ![i](img.png \"t\"), [w](https://x.org), [s](#sec)") == \
         ["docs/x.md", "img.png"]
     assert relative_link_targets('<img src="docs/p.png" width=3>') == ["docs/p.png"]
+    assert relative_link_targets("[a](x.md#sec) [b](#top)", keep_anchor=True) == ["x.md#sec", "#top"]
+    assert heading_anchors("# A b\n```\n# not a heading\n```\n## Scaling out: mesh (`pkg/`)\n## A b") == \
+        {"a-b", "scaling-out-mesh-pkg", "a-b-1"}
     assert SPEC_CITATION.search("as in (spec 5.2)") and SPEC_CITATION.search("Spec 2 says")
     assert SPEC_CITATION.search("# spec section 8.1: sizes") and SPEC_CITATION.search("every key (section 6.1)")
     assert not SPEC_CITATION.search("PartitionSpec(None)") and not SPEC_CITATION.search("dataset spec string")
