@@ -4,6 +4,7 @@ setup(
     name="dinov2_jax",
     version="0.1.0",
     description="JAX/Flax port of DINOv2 self-supervised vision training",
+    license="Apache-2.0",
     packages=find_packages(include=["dinov2_jax", "dinov2_jax.*"]),
     package_data={"dinov2_jax.models.heads": ["*.txt"]},
     python_requires=">=3.10",

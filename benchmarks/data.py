@@ -8,7 +8,7 @@ core. Inputs: JPEG bytes of scikit-image's sample photos resized to --image-size
 decoded with PIL (`open(...).convert("RGB")`) inside the timed loop on both sides; the two sides
 alternate over --rounds rounds (disjoint image subsets) and the median round is reported. Ours:
 `DataAugmentationDINO` (PIL + numpy/scipy, float32 HWC output). Official: torchvision transforms
-composed as spec 5.1 (effective blur probabilities 0 / 0.9 / 0.5, solarize 0.2 on global 2), written
+composed as in the official `dinov2/data/augmentations.py` (effective blur probabilities 0 / 0.9 / 0.5, solarize 0.2 on global 2), written
 here, CHW torch tensors. --with-collate also times our full per-sample grain path + collate with masks
 (batch 8) in the same process.
 --device-mode (crops.photometric_on_device) also times, in the same alternating rounds, the host part of
@@ -186,7 +186,7 @@ def main():
     print(f"crops: 2 x {args.global_size}^2 + {args.local_number} x {args.local_size}^2 from {size[0]}x{size[1]} JPEGs, "
           f"{args.n_images} images")
     print(f"ours (PIL+numpy, DataAugmentationDINO):   {ours:7.2f} images/s per core")
-    print(f"official torchvision recipe (spec 5.1):   {official:7.2f} images/s per core")
+    print(f"official torchvision recipe:              {official:7.2f} images/s per core")
     print(f"ratio ours / official:                    {ours / official:7.3f}   "
           f"(median of {args.rounds} alternating rounds; per-round ratios "
           f"{', '.join(f'{a / b:.2f}' for a, b in zip(ours_r, official_r))})")

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One GPU, one command: the issue-6 measurements in the order that matters, each with its own time limit.
+# One GPU, one command: the GPU performance measurements in the order that matters, each with its own time limit.
 #   1. GPU attention tests (cuDNN and Pallas vs XLA vs float64), tests/models/layers/test_attention_gpu.py,
 #      and the device photometric augmentation vs the host path, run on the GPU backend
 #      (tests/data/test_device_augment.py; needs grain and ml_collections installed)

@@ -39,7 +39,7 @@ def test_unknown_key_names_key_and_close_matches():
 def test_scaling_rule_applied_once():
     cfg = load("vitl16_short.py")
     fin = config_lib.finalize_config(cfg, world_size=32)  # 32 x 64 = 2048 images
-    assert fin.optim.lr == pytest.approx(0.004 * math.sqrt(2))  # spec 4.1: 0.005657
+    assert fin.optim.lr == pytest.approx(0.004 * math.sqrt(2))  # official sqrt_wrt_1024 rule (dinov2/utils/config.py): 0.004 * sqrt(2048 / 1024) = 0.005657
     assert config_lib.finalize_config(fin, world_size=32).optim.lr == pytest.approx(fin.optim.lr)
     assert cfg.optim.lr == 0.0  # the input is not modified
     l14 = config_lib.finalize_config(load("vitl14.py"), world_size=96)  # 96 x 32 = 3072

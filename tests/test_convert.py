@@ -58,13 +58,13 @@ def test_hub_layout_inferred_and_reproduced_exactly(name):
     model = nnx.eval_shape(lambda: DinoVisionTransformer(**arch, rngs=nnx.Rngs(0)))
     # exactly the official key set and shapes -> the official module loads it with strict=True
     assert torch_state_dict_shapes(model) == shapes
-    assert len(shapes) == 5 + 14 * depth + 2 + int(reg)  # spec 8.3 key count
+    assert len(shapes) == 5 + 14 * depth + 2 + int(reg)  # official key count: 5 embeddings + 14 per block + final norm (+ registers)
 
 
 def test_chunk_keys_roundtrip_and_official_example():
     shapes = {k: tuple(v) for k, v in HUB["dinov2_vitl14"].items()}
     chunked = chunk_keys(shapes, 24, 4)
-    assert "blocks.1.7.attn.qkv.weight" in chunked  # spec 1.10 example (ViT-L, 4 chunks)
+    assert "blocks.1.7.attn.qkv.weight" in chunked  # official BlockChunk naming: ViT-L, 4 chunks of 6, block 7 in chunk 1
     assert unchunk_keys(chunked) == shapes
 
 

@@ -12,7 +12,7 @@ from dinov2_jax import hub
 
 OFFICIAL = os.environ.get("DINOV2_OFFICIAL_PATH", "/work/ref/dinov2")
 
-# spec section 8.1 / 8.3: (embed_dim, depth, heads, ffn, number of official state-dict keys)
+# official hubconf architectures (dinov2/hub/backbones.py): (embed_dim, depth, heads, ffn, number of official state-dict keys)
 EXPECTED = {"s": (384, 12, 6, "mlp", 175), "b": (768, 12, 12, "mlp", 175), "l": (1024, 24, 16, "mlp", 343),
             "g": (1536, 40, 24, "swiglufused", 567)}
 
@@ -33,7 +33,7 @@ def test_arch_table(name):
     assert (a["img_size"], a["patch_size"], a["init_values"], a["mlp_ratio"]) == (518, 14, 1.0, 4.0)
     assert (a["num_register_tokens"], a["interpolate_antialias"], a["interpolate_offset"]) == \
         ((4, True, 0.0) if reg else (0, False, 0.1))
-    # one parameter tensor per official state-dict key (spec 8.3 counts, +1 for register_tokens)
+    # one parameter tensor per official state-dict key (official state-dict counts, +1 for register_tokens)
     assert len(abstract_param_shapes(name)) == n_keys + int(reg)
 
 

@@ -1,4 +1,4 @@
-"""DINOv2 multi-crop augmentation (spec 5.1) on PIL images, driven by a numpy Generator.
+"""DINOv2 multi-crop augmentation (official `dinov2/data/augmentations.py`) on PIL images, driven by a numpy Generator.
 
 Every photometric / geometric op reproduces the torchvision op the official recipe uses on PIL
 images (same PIL calls where torchvision calls PIL, same float32 math where it uses tensors), so a
@@ -273,7 +273,7 @@ def _geometric(img: Image.Image, rng: np.random.Generator, size: int, scale) -> 
 
 @dataclass(frozen=True)
 class DataAugmentationDINO:
-    """Multi-crop augmentation of spec 5.1 (official effective blur probabilities 0 / 0.9 / 0.5).
+    """Multi-crop augmentation of the official `DataAugmentationDINO` (effective blur probabilities 0 / 0.9 / 0.5).
 
     `aug(image, rng)` -> {"global_crops": [2, S, S, 3] float32, "local_crops": [n, s, s, 3] float32},
     ImageNet-normalised, channel-last. image: PIL image or uint8 [H, W(, C)].

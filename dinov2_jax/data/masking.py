@@ -1,4 +1,5 @@
-"""iBOT block masking (spec 5.3) and the multi-crop collate with fixed-size mask buffers (spec 5.2).
+"""iBOT block masking (official `dinov2/data/masking.py`) and the multi-crop collate with fixed-size mask
+buffers (official `collate_data_and_cast`, `dinov2/data/collate.py`).
 
 Randomness comes from an explicit `random.Random` instance (the official code draws from Python's
 global `random` module; with the same seed our draws are identical, see

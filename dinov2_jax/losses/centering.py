@@ -1,4 +1,6 @@
-"""Teacher target normalisation: softmax centering with a lagged EMA center, and Sinkhorn-Knopp (spec 2.2/2.3).
+"""Teacher target normalisation: softmax centering with a lagged EMA center, and Sinkhorn-Knopp
+(official `softmax_center_teacher` / `sinkhorn_knopp_teacher` in `dinov2/loss/dino_clstoken_loss.py` and
+`dinov2/loss/ibot_patch_loss.py`).
 
 The official modules keep the center in a buffer and apply the previous step's batch center lazily at the
 next call. Here that hidden state is explicit: `CenterState(center, pending, has_pending)`.

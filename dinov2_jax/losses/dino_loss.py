@@ -1,4 +1,4 @@
-"""DINO class-token cross-entropy (spec 2.2, `DINOLoss.forward`).
+"""DINO class-token cross-entropy (official `DINOLoss.forward`, `dinov2/loss/dino_clstoken_loss.py`).
 
 Pure function, float32 inside. Returns the SUM over all (student crop, teacher crop) pairs of the per-pair
 batch mean; the caller divides by the number of terms, as the official `SSLMetaArch` does.

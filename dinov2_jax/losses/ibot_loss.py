@@ -1,4 +1,5 @@
-"""iBOT masked-patch cross-entropy on the fixed-size padded buffer (spec 2.3, `forward_masked`).
+"""iBOT masked-patch cross-entropy on the fixed-size padded buffer (official `iBOTPatchLoss.forward_masked`,
+`dinov2/loss/ibot_patch_loss.py`).
 
 The official code gathers the masked tokens of all global crops into a buffer of `upperbound` rows, of which
 the first `n_masked` are valid. Each valid token carries `masks_weight = 1/n_i` (n_i = masked tokens of its

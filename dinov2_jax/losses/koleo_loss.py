@@ -1,4 +1,4 @@
-"""KoLeo (Kozachenko-Leonenko) entropy regulariser (spec 2.4), float32.
+"""KoLeo (Kozachenko-Leonenko) entropy regulariser (official `dinov2/loss/koleo_loss.py`), float32.
 
 The official loss runs per GPU on the local batch of one crop; with data parallelism the gradient is
 averaged over GPUs, so the effective loss is the mean of the per-shard losses. `num_groups` reproduces

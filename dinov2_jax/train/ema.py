@@ -1,4 +1,7 @@
-"""EMA teacher update (spec 3.2): theta_t <- m * theta_t + (1 - m) * theta_s, after the optimizer step."""
+"""EMA teacher update: theta_t <- m * theta_t + (1 - m) * theta_s, after the optimizer step.
+
+Official counterpart: `SSLMetaArch.update_teacher` in `dinov2/train/ssl_meta_arch.py`.
+"""
 import jax
 
 

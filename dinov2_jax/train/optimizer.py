@@ -1,4 +1,5 @@
-"""AdamW with per-parameter multipliers and per-submodule gradient clipping (spec 3.4).
+"""AdamW with per-parameter multipliers and per-submodule gradient clipping
+(official `build_optimizer` and the clipping loop in `dinov2/train/train.py`).
 
 Matches `torch.optim.AdamW` on the official param groups: each parameter uses
     lr = (last_layer_lr if is_last_layer else lr) * lr_mult,   wd = wd * wd_mult

@@ -1,4 +1,4 @@
-"""Per-parameter optimizer multipliers (spec 3.3), computed from parameter paths.
+"""Per-parameter optimizer multipliers (official `dinov2/utils/param_groups.py`), computed from parameter paths.
 
 The official `get_params_groups_with_decay` runs once per student submodule (backbone, dino_head,
 ibot_head) and gives every parameter

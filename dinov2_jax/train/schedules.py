@@ -1,4 +1,5 @@
-"""Per-iteration hyperparameter schedules (spec 4.1), as host-side numpy arrays.
+"""Per-iteration hyperparameter schedules (official `build_schedulers` in `dinov2/train/train.py`
+and `CosineScheduler` in `dinov2/utils/utils.py`), as host-side numpy arrays.
 
 `CosineSchedule` reproduces the official `CosineScheduler`: `freeze_iters` zeros, then a linspace warmup
 that INCLUDES its endpoint (so `base` appears twice), then a cosine over n = total - warmup - freeze

@@ -1,4 +1,5 @@
-"""DINOv2 self-distillation: state creation and the pure, compiled-once train step (spec 2.5, 3, 4.1).
+"""DINOv2 self-distillation: state creation and the pure, compiled-once train step
+(official `SSLMetaArch.forward_backward` in `dinov2/train/ssl_meta_arch.py` and the loop in `dinov2/train/train.py`).
 
     state = create_train_state(cfg, key)
     train_step = jax.jit(make_train_step(cfg), donate_argnums=0)

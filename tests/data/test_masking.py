@@ -84,7 +84,7 @@ def test_torch_linspace_f32_matches_torch_golden():
 
 
 def test_upperbound_values():
-    # spec 5.2 examples: B=64, N=196 ~ 3771; B=32, N=256 ~ 2496
+    # the official collate's upper bound (dinov2/data/collate.py) at B=64, N=196 is ~3771; at B=32, N=256 ~2496
     assert abs(mask_upperbound(64, 196) - 3771) <= 2
     assert abs(mask_upperbound(32, 256) - 2496) <= 2
     # definition (float64 reference; equal unless a product lands on an integer boundary)
@@ -96,7 +96,7 @@ def test_upperbound_values():
 
 
 def _reference_collate(samples, rng, gen, N):
-    """Spec 5.2 written out independently (float32 ratio arithmetic as torch scalars)."""
+    """The official `collate_data_and_cast` (dinov2/data/collate.py) written out independently (float32 ratio arithmetic as torch scalars)."""
     B = len(samples)
     G = np.concatenate([np.stack([s["global_crops"][c] for s in samples]) for c in range(2)])
     nL = samples[0]["local_crops"].shape[0]
