@@ -53,7 +53,8 @@ def test_synthetic_set_and_hand_masks():
 # scores IoU 0.154 vs chance 0.125 (paired t 2.0), a 150-iteration schedule with batch 16 and 2 local
 # crops 0.145 vs 0.131; iteration 149 scores 0.262 vs 0.119 (t 7.2). See docs/visualization.md.
 HALF_QUICKSTART = ["--config.train.max_iterations=150", "--config.evaluation.eval_period_iterations=150",
-                   "--config.evaluation.knn_at_start=False", "--config.evaluation.knn_max_samples=40"]
+                   "--config.evaluation.evaluators.knn.at_start=False",
+                   "--config.evaluation.evaluators.knn.max_samples=40"]
 
 
 @pytest.mark.heavy  # 6 min 56 s measured on the shared 2-core machine (load ~16); ~3 min expected idle
