@@ -12,6 +12,8 @@ from PIL import Image
 
 from dinov2_jax.data.augmentations import normalize
 
+logger = logging.getLogger("dinov2_jax.eval.dense")
+
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weights", default=None, help="converted checkpoint dir or official .pth")
@@ -56,6 +58,34 @@ def check_size(image_size: int, patch: int) -> None:
     if image_size % patch:
         raise SystemExit(f"--image-size {image_size} is not a multiple of the patch size {patch}; "
                          f"use {image_size // patch * patch} or {(image_size // patch + 1) * patch}")
+
+
+def fit_head(head, batches, loss_fn, *, iters: int, batch_size: int, lr: float, weight_decay: float, seed: int,
+             log_every: int, loss_name: str = "loss"):
+    """Train `head` in place on frozen features: AdamW with a linear lr decay to 0, random batches of
+    `batch_size` images (without replacement within a batch). `batches`: idx [b] -> (features, targets);
+    `loss_fn(head, features, targets)` -> scalar. Returns the head."""
+    import jax.numpy as jnp
+    import optax
+    from flax import nnx
+
+    opt = nnx.Optimizer(head, optax.adamw(optax.linear_schedule(lr, 0.0, iters), weight_decay=weight_decay),
+                        wrt=nnx.Param)
+
+    @nnx.jit
+    def step(head, opt, f, t):
+        loss, grads = nnx.value_and_grad(lambda h: loss_fn(h, f, t))(head)
+        opt.update(head, grads)
+        return loss
+
+    rng = np.random.default_rng(seed)
+    bs = min(batch_size, len(batches))
+    for it in range(iters):
+        f, t = batches(rng.choice(len(batches), bs, replace=False))
+        loss = step(head, opt, jnp.asarray(f), jnp.asarray(t))
+        if log_every and (it % log_every == 0 or it == iters - 1):
+            logger.info("iter %d/%d %s %.4f", it, iters, loss_name, float(loss))
+    return head
 
 
 def make_frozen_feature_fn(backbone, feature_fn):
@@ -150,7 +180,7 @@ class TrainBatches:
         self.feature_shape, self.target_shape = first[1].shape[1:], first[2].shape[1:]
         need = len(self.pairs) * (np.prod(self.feature_shape) * 4 + np.prod(self.target_shape) * 4) / 2 ** 30
         self.cached = need <= cache_gb
-        logging.getLogger("dinov2_jax.eval.dense").info(
+        logger.info(
             "%d training images, features %s: %s (%.2f GiB)", len(self.pairs), self.feature_shape,
             "cached in memory" if self.cached else "recomputed each step (over --cache-gb)", need)
         if self.cached:

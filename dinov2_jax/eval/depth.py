@@ -27,7 +27,6 @@ from functools import partial
 
 import jax.numpy as jnp
 import numpy as np
-import optax
 from flax import nnx
 
 from dinov2_jax.eval import dense
@@ -122,27 +121,10 @@ def train_head(batches, *, min_depth: float, max_depth: float, iters: int = 1000
     """Fit a LinearDepthHead (SigLoss, AdamW, linear decay). batches: `dense.TrainBatches` (idx [b] ->
     (features [b, h, w, C], depth [b, H, W]))."""
     head = LinearDepthHead(batches.feature_shape[-1], min_depth=min_depth, max_depth=max_depth, rngs=nnx.Rngs(seed))
-    opt = nnx.Optimizer(head, optax.adamw(optax.linear_schedule(lr, 0.0, iters), weight_decay=weight_decay),
-                        wrt=nnx.Param)
     size = batches.target_shape[:2]
-
-    @nnx.jit
-    def step(head, opt, f, d):
-        def loss_fn(head):
-            return sig_loss(resize_bilinear(head(f)[..., None], size)[..., 0], d, max_depth)
-
-        loss, grads = nnx.value_and_grad(loss_fn)(head)
-        opt.update(head, grads)
-        return loss
-
-    rng = np.random.default_rng(seed)
-    bs = min(batch_size, len(batches))
-    for it in range(iters):
-        f, d = batches(rng.choice(len(batches), bs, replace=False))
-        loss = step(head, opt, jnp.asarray(f), jnp.asarray(d))
-        if log_every and (it % log_every == 0 or it == iters - 1):
-            logger.info("iter %d/%d sigloss %.4f", it, iters, float(loss))
-    return head
+    loss = lambda h, f, d: sig_loss(resize_bilinear(h(f)[..., None], size)[..., 0], d, max_depth)
+    return dense.fit_head(head, batches, loss, iters=iters, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
+                          seed=seed, log_every=log_every, loss_name="sigloss")
 
 
 @partial(nnx.jit, static_argnames="size")

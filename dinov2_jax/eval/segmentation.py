@@ -117,27 +117,10 @@ def train_head(batches, num_classes: int, *, iters: int = 1000, batch_size: int 
     """Fit a SegmentationHead (AdamW, linear decay). batches: `dense.TrainBatches` (or any callable
     idx [b] -> (features [b, h, w, C], masks [b, H, W]) with len() = number of images)."""
     head = SegmentationHead(batches.feature_shape[-1], num_classes, rngs=nnx.Rngs(seed))
-    sched = optax.linear_schedule(lr, 0.0, iters)
-    opt = nnx.Optimizer(head, optax.adamw(sched, weight_decay=weight_decay), wrt=nnx.Param)
     size = batches.target_shape[:2]
-
-    @nnx.jit
-    def step(head, opt, f, m):
-        def loss_fn(head):
-            return seg_loss(resize_bilinear(head(f, train=True), size), m)
-
-        loss, grads = nnx.value_and_grad(loss_fn)(head)
-        opt.update(head, grads)
-        return loss
-
-    rng = np.random.default_rng(seed)
-    bs = min(batch_size, len(batches))
-    for it in range(iters):
-        f, m = batches(rng.choice(len(batches), bs, replace=False))
-        loss = step(head, opt, jnp.asarray(f), jnp.asarray(m))
-        if log_every and (it % log_every == 0 or it == iters - 1):
-            logger.info("iter %d/%d loss %.4f", it, iters, float(loss))
-    return head
+    loss = lambda h, f, m: seg_loss(resize_bilinear(h(f, train=True), size), m)
+    return dense.fit_head(head, batches, loss, iters=iters, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
+                          seed=seed, log_every=log_every)
 
 
 @partial(nnx.jit, static_argnames="size")
