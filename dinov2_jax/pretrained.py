@@ -33,14 +33,13 @@ from typing import Any, Callable, Mapping
 import jax
 import numpy as np
 
-from dinov2_jax.models.config import HUB_NAMES, INTERPOLATIONS, ViTConfig
+from dinov2_jax.models.config import ARCH_SIZES, HUB_NAMES, INTERPOLATIONS, ViTConfig
 
 logger = logging.getLogger("dinov2_jax.pretrained")
 
 OFFICIAL_URL = "https://dl.fbaipublicfiles.com/dinov2/{short}/{short}{reg}_pretrain.pth"
 HF_REPOS = {f"dinov2_vit{s}14{r}": f"facebook/dinov2{'-with-registers' if r else ''}-{size}"
             for s, size in zip("sblg", ("small", "base", "large", "giant")) for r in ("", "_reg")}
-_ARCH_HEADS = {"vit_small": 6, "vit_base": 12, "vit_large": 16, "vit_giant2": 24}
 
 
 class WeightsError(ValueError):
@@ -360,7 +359,7 @@ def _read_orbax(ckpt_dir: str) -> Checkpoint:
     arch = convert.infer_arch(sd)
     student = run_cfg.get("student", {}) or {}
     arch_name = (teacher_cfg.get("arch") if part == "teacher" else None) or student.get("arch", "")
-    heads = student.get("num_heads") or _ARCH_HEADS.get(str(arch_name).removesuffix("_memeff"))
+    heads = student.get("num_heads") or ARCH_SIZES.get(str(arch_name).removesuffix("_memeff"), (0, 0, 0))[2]
     if heads:
         arch["num_heads"] = int(heads)
     for k in ("interpolate_antialias", "interpolate_offset"):

@@ -279,7 +279,7 @@ def test_readme_five_lines_pth_and_hf_folder(tmp_path, monkeypatch):
         ref = eval_transform(Image.open("cat.jpg").convert("RGB"), resize_size=256, crop_size=224)
         np.testing.assert_array_equal(x[0], ref)
         np.testing.assert_array_equal(m.preprocess("cat.jpg"), ref)
-        np.testing.assert_allclose(np.asarray(feats["cls"]), np.asarray(m.model(jnp.asarray(x))), atol=1e-6)
+        np.testing.assert_allclose(np.asarray(feats["cls"]), np.asarray(m.model(jnp.asarray(x))), rtol=1e-5, atol=1e-5)  # jit vs eager: fusion order
 
 
 def test_distillation_teacher_pth_is_read_weights_only(tmp_path):

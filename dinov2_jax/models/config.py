@@ -20,8 +20,11 @@ from typing import Any, Mapping
 
 from flax import nnx
 
-# hub letter -> (embed_dim, depth, num_heads)
-_SIZES = {"s": (384, 12, 6), "b": (768, 12, 12), "l": (1024, 24, 16), "g": (1536, 40, 24)}
+# official arch name (`student.arch`, `vit_small(...)`) -> (embed_dim, depth, num_heads)
+ARCH_SIZES = {"vit_small": (384, 12, 6), "vit_base": (768, 12, 12), "vit_large": (1024, 24, 16),
+              "vit_giant2": (1536, 40, 24)}
+# hub letter -> arch name
+_HUB_ARCH = {"s": "vit_small", "b": "vit_base", "l": "vit_large", "g": "vit_giant2"}
 HUB_NAMES = tuple(f"dinov2_vit{s}14{r}" for s in "sblg" for r in ("", "_reg"))
 # DinoVisionTransformer kwargs that do not change the parameters (passed to build())
 RUNTIME_KEYS = ("drop_path_rate", "drop_path_uniform", "attn_impl", "dtype", "remat", "scan_blocks")
@@ -58,12 +61,22 @@ class ViTConfig:
         """The official hub backbone `name` (one of HUB_NAMES)."""
         if name not in HUB_NAMES:
             raise ValueError(f"unknown model name {name!r}; valid names: {', '.join(HUB_NAMES)}")
-        dim, depth, heads = _SIZES[name[len("dinov2_vit")]]
+        dim, depth, heads = ARCH_SIZES[_HUB_ARCH[name[len("dinov2_vit")]]]
         reg = name.endswith("_reg")
         return cls(img_size=518, patch_size=14, embed_dim=dim, depth=depth, num_heads=heads, init_values=1.0,
                    ffn_layer="swiglufused" if name.startswith("dinov2_vitg") else "mlp",
                    num_register_tokens=4 if reg else 0, interpolate_antialias=reg,
                    interpolate_offset=0.0 if reg else 0.1)
+
+    @classmethod
+    def from_arch(cls, arch: str, **fields) -> "ViTConfig":
+        """An official arch name (`vit_small`, `vit_base`, `vit_large`, `vit_giant2`; a `_memeff` suffix is
+        ignored) with its sizes, overridden by `fields` (e.g. `patch_size=14, embed_dim=96` for a tiny model)."""
+        name = arch.removesuffix("_memeff")
+        if name not in ARCH_SIZES:
+            raise ValueError(f"unknown arch {arch!r}; choose one of {tuple(ARCH_SIZES)}")
+        dim, depth, heads = ARCH_SIZES[name]
+        return cls.from_kwargs({"embed_dim": dim, "depth": depth, "num_heads": heads, **fields})
 
     @classmethod
     def from_kwargs(cls, kwargs: Mapping[str, Any]) -> "ViTConfig":

@@ -280,41 +280,31 @@ class DinoVisionTransformer(nnx.Module):
                 "registers": row[:, :, 1:1 + r], "cls": row[:, :, 0]}
 
 
-# ---- official factories (mlp_ratio 4, head_dim 64) ----------------------------------------------
-def vit_small(patch_size: int = 16, num_register_tokens: int = 0, **kwargs) -> DinoVisionTransformer:
-    return _make(384, 12, 6, patch_size, num_register_tokens, kwargs)
-
-
-def vit_base(patch_size: int = 16, num_register_tokens: int = 0, **kwargs) -> DinoVisionTransformer:
-    return _make(768, 12, 12, patch_size, num_register_tokens, kwargs)
-
-
-def vit_large(patch_size: int = 16, num_register_tokens: int = 0, **kwargs) -> DinoVisionTransformer:
-    return _make(1024, 24, 16, patch_size, num_register_tokens, kwargs)
-
-
-def vit_giant2(patch_size: int = 16, num_register_tokens: int = 0, **kwargs) -> DinoVisionTransformer:
-    """Close to ViT-giant: 1536 dim, 24 heads (64 per head). Pass ffn_layer="swiglufused" as the official configs."""
-    return _make(1536, 40, 24, patch_size, num_register_tokens, kwargs)
-
-
-def _make(dim, depth, heads, patch_size, num_register_tokens, kwargs):
-    kwargs = dict(kwargs)
-    rngs = kwargs.pop("rngs", None)
-    if rngs is None:
-        rngs = nnx.Rngs(0)
-    for k, v in (("embed_dim", dim), ("depth", depth), ("num_heads", heads)):
-        kwargs.setdefault(k, v)
-    kwargs.setdefault("mlp_ratio", 4.0)
-    return DinoVisionTransformer(patch_size=patch_size, num_register_tokens=num_register_tokens, rngs=rngs,
-                                 **kwargs)
-
-
-ARCHS = {"vit_small": vit_small, "vit_base": vit_base, "vit_large": vit_large, "vit_giant2": vit_giant2}
-
-
+# ---- official factories (mlp_ratio 4, head_dim 64; sizes in models/config.py ARCH_SIZES) ----------
 def build_backbone(arch: str, **kwargs) -> DinoVisionTransformer:
-    """`build_backbone("vit_small", patch_size=14, ...)`; kwargs as DinoVisionTransformer (+ `rngs`)."""
-    if arch not in ARCHS:
-        raise ValueError(f"Unknown arch {arch!r}; choose one of {tuple(ARCHS)}.")
-    return ARCHS[arch](**kwargs)
+    """`build_backbone("vit_small", patch_size=14, ...)`: the arch's sizes, overridden by `kwargs`
+    (DinoVisionTransformer arguments + `rngs`); built through `ViTConfig`, as every model here."""
+    from dinov2_jax.models.config import ARCH_SIZES, RUNTIME_KEYS, ViTConfig
+
+    if arch.removesuffix("_memeff") not in ARCH_SIZES:
+        raise ValueError(f"Unknown arch {arch!r}; choose one of {tuple(ARCH_SIZES)}.")
+    rngs = kwargs.pop("rngs", None)
+    runtime = {k: kwargs.pop(k) for k in RUNTIME_KEYS if k in kwargs}
+    return ViTConfig.from_arch(arch, **kwargs).build(rngs=rngs, **runtime)
+
+
+def vit_small(**kwargs) -> DinoVisionTransformer:
+    return build_backbone("vit_small", **kwargs)
+
+
+def vit_base(**kwargs) -> DinoVisionTransformer:
+    return build_backbone("vit_base", **kwargs)
+
+
+def vit_large(**kwargs) -> DinoVisionTransformer:
+    return build_backbone("vit_large", **kwargs)
+
+
+def vit_giant2(**kwargs) -> DinoVisionTransformer:
+    """Close to ViT-giant: 1536 dim, 24 heads (64 per head). Pass ffn_layer="swiglufused" as the official configs."""
+    return build_backbone("vit_giant2", **kwargs)

@@ -33,8 +33,8 @@ from dinov2_jax.losses import centering as C
 from dinov2_jax.losses.dino_loss import dino_loss
 from dinov2_jax.losses.ibot_loss import ibot_masked_loss
 from dinov2_jax.losses.koleo_loss import koleo_loss
+from dinov2_jax.models.config import ViTConfig
 from dinov2_jax.models.dino_head import DINOHead
-from dinov2_jax.models.vision_transformer import build_backbone
 from dinov2_jax.train.ema import ema_update
 from dinov2_jax.train.optimizer import apply_updates, clip_by_submodule, clip_per_parameter, make_adam
 from dinov2_jax.train.param_groups import ParamMultipliers, build_param_multipliers
@@ -59,21 +59,25 @@ def is_frozen_teacher(cfg: ml_collections.ConfigDict) -> bool:
     return bool(cfg.teacher.get("pretrained_weights", ""))
 
 
-def _backbone_kwargs(cfg, teacher: bool, arch_overrides: Optional[Dict[str, Any]]) -> Tuple[str, Dict[str, Any]]:
+def backbone_config(cfg, *, teacher: bool = False,
+                    arch_overrides: Optional[Dict[str, Any]] = None) -> Tuple[ViTConfig, Dict[str, Any]]:
+    """(ViTConfig, runtime options) of the student's (or the teacher's) backbone in an SSL config.
+
+    The arch is `student.arch` (or `teacher.arch` for a distillation teacher) at the global crop size, with
+    the `student.*` layout keys; only the student gets stochastic depth (official `build_model`).
+    `arch_overrides`: extra layout fields (e.g. `embed_dim=32, depth=2, num_heads=2` for tiny models).
+    """
     s = cfg.student
-    arch = s.arch.removesuffix("_memeff")
-    if teacher and cfg.teacher.get("arch", ""):
-        arch = cfg.teacher.arch.removesuffix("_memeff")
-    kw = dict(img_size=cfg.crops.global_crops_size, patch_size=s.patch_size, init_values=s.layerscale,
-              ffn_layer=s.ffn_layer, qkv_bias=s.qkv_bias, proj_bias=s.proj_bias, ffn_bias=s.ffn_bias,
-              num_register_tokens=s.num_register_tokens, interpolate_antialias=s.interpolate_antialias,
-              interpolate_offset=s.interpolate_offset, attn_impl=s.attn_impl, remat=s.remat,
-              scan_blocks=s.scan_blocks,
-              dtype=compute_dtype(cfg))
-    if not teacher:  # only the student gets stochastic depth (official build_model)
-        kw.update(drop_path_rate=s.drop_path_rate, drop_path_uniform=s.drop_path_uniform)
-    kw.update(arch_overrides or {})
-    return arch, kw
+    arch = cfg.teacher.arch if teacher and cfg.teacher.get("arch", "") else s.arch
+    vit = ViTConfig.from_arch(
+        arch, img_size=cfg.crops.global_crops_size, patch_size=s.patch_size, init_values=s.layerscale,
+        ffn_layer=s.ffn_layer, qkv_bias=s.qkv_bias, proj_bias=s.proj_bias, ffn_bias=s.ffn_bias,
+        num_register_tokens=s.num_register_tokens, interpolate_antialias=s.interpolate_antialias,
+        interpolate_offset=s.interpolate_offset, **(arch_overrides or {}))
+    runtime = dict(attn_impl=s.attn_impl, remat=s.remat, scan_blocks=s.scan_blocks, dtype=compute_dtype(cfg))
+    if not teacher:
+        runtime.update(drop_path_rate=s.drop_path_rate, drop_path_uniform=s.drop_path_uniform)
+    return vit, runtime
 
 
 def build_modules(cfg, key: jax.Array, *, teacher: bool = False,
@@ -86,9 +90,9 @@ def build_modules(cfg, key: jax.Array, *, teacher: bool = False,
     if not cfg.dino.loss_weight > 0:
         raise ValueError("dino.loss_weight must be > 0: the official SSLMetaArch has no DINO-free path "
                          "(its local-crop term always uses the DINO loss).")
-    arch, kw = _backbone_kwargs(cfg, teacher, arch_overrides)
+    vit, runtime = backbone_config(cfg, teacher=teacher, arch_overrides=arch_overrides)
     k_bb, k_dh, k_ih = jax.random.split(key, 3)
-    backbone = build_backbone(arch, rngs=nnx.Rngs(k_bb), **kw)
+    backbone = vit.build(rngs=nnx.Rngs(k_bb), **runtime)
     d = backbone.embed_dim
     dt = compute_dtype(cfg)
     mods = {"backbone": backbone,
