@@ -41,6 +41,7 @@ import numpy as np
 from flax import nnx
 
 from dinov2_jax.models.config import RUNTIME_KEYS, ViTConfig
+from dinov2_jax.weights.matching import mismatch_message
 from dinov2_jax.models.dino_head import DINOHead
 from dinov2_jax.models.layers.swiglu_ffn import swiglu_hidden_dim
 from dinov2_jax.models.vision_transformer import DinoVisionTransformer
@@ -252,17 +253,11 @@ def torch_state_dict_to_params(sd: Mapping[str, Any], model: nnx.Module) -> dict
             bad_shape.append(f"{key}: checkpoint {tuple(np.shape(sd[key]))} -> {arr.shape}, model {tuple(var.shape)}")
             continue
         out[path] = arr
-    unexpected = sorted(set(sd) - used)
-    if missing or unexpected or bad_shape:
-        msg = [f"State dict does not match {type(model).__name__}:"]
-        if missing:
-            msg.append(f"  missing ({len(missing)}): {missing}")
-        if unexpected:
-            msg.append(f"  unexpected ({len(unexpected)}): {unexpected}")
-        if bad_shape:
-            msg.append(f"  mis-shaped ({len(bad_shape)}): {bad_shape}")
-        msg.append("  Check the architecture (arch.json / --set overrides) and the checkpoint type.")
-        raise ConversionError("\n".join(msg))
+    msg = mismatch_message(f"State dict for {type(model).__name__}", missing=missing, unexpected=set(sd) - used,
+                           mis_shaped=bad_shape,
+                           hint="Check the architecture (arch.json / --set overrides) and the checkpoint type.")
+    if msg:
+        raise ConversionError(msg)
     return _unflatten(out)
 
 

@@ -44,6 +44,7 @@ from dinov2_jax.train.state import TrainState
 N_GLOBAL_CROPS = 2  # hard-coded in the official code
 BATCH_KEYS = ("collated_global_crops", "collated_local_crops", "collated_masks", "mask_indices_list",
               "masks_weight", "n_masked_patches")
+SIZE_OVERRIDE_KEYS = ("embed_dim", "depth", "num_heads", "mlp_ratio")  # optional student.* keys
 HPARAM_KEYS = ("lr", "wd", "mom", "teacher_temp", "last_layer_lr")
 
 
@@ -65,15 +66,17 @@ def backbone_config(cfg, *, teacher: bool = False,
 
     The arch is `student.arch` (or `teacher.arch` for a distillation teacher) at the global crop size, with
     the `student.*` layout keys; only the student gets stochastic depth (official `build_model`).
-    `arch_overrides`: extra layout fields (e.g. `embed_dim=32, depth=2, num_heads=2` for tiny models).
+    `student.{embed_dim,depth,num_heads,mlp_ratio}`, where present (JAX extras of tiny configs such as
+    quickstart), override the arch's sizes; `arch_overrides` (tests) override everything.
     """
     s = cfg.student
+    sizes = {k: s[k] for k in SIZE_OVERRIDE_KEYS if k in s}
     arch = cfg.teacher.arch if teacher and cfg.teacher.get("arch", "") else s.arch
     vit = ViTConfig.from_arch(
         arch, img_size=cfg.crops.global_crops_size, patch_size=s.patch_size, init_values=s.layerscale,
         ffn_layer=s.ffn_layer, qkv_bias=s.qkv_bias, proj_bias=s.proj_bias, ffn_bias=s.ffn_bias,
         num_register_tokens=s.num_register_tokens, interpolate_antialias=s.interpolate_antialias,
-        interpolate_offset=s.interpolate_offset, **(arch_overrides or {}))
+        interpolate_offset=s.interpolate_offset, **{**sizes, **(arch_overrides or {})})
     runtime = dict(attn_impl=s.attn_impl, remat=s.remat, scan_blocks=s.scan_blocks, dtype=compute_dtype(cfg))
     if not teacher:
         runtime.update(drop_path_rate=s.drop_path_rate, drop_path_uniform=s.drop_path_uniform)

@@ -55,6 +55,7 @@ from dinov2_jax.train.stop_agreement import StepAgreement, StopSignals
 from dinov2_jax.train.curves import plot_training_curves
 from dinov2_jax.train.metrics_logger import MetricsLogger
 from dinov2_jax.train.remote_dir import RemoteMirror, is_remote
+from dinov2_jax.weights.matching import check_tree_like
 
 log = logging.getLogger(__name__)
 
@@ -82,22 +83,13 @@ class Components:
     host_eval_state: Callable[..., Any] | None = None
 
 
-ARCH_OVERRIDE_KEYS = ("embed_dim", "depth", "num_heads", "mlp_ratio")
-
-
-def arch_overrides(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
-    """Backbone size overrides from `student.{embed_dim,depth,num_heads,mlp_ratio}` (JAX extras used by
-    tiny configs such as quickstart; absent keys keep the `student.arch` preset)."""
-    return {k: cfg.student[k] for k in ARCH_OVERRIDE_KEYS if k in cfg.student}
-
-
 def default_components() -> Components:
     from dinov2_jax.data.pipeline import make_train_loader
     from dinov2_jax.train import train_step as ts
     from dinov2_jax.train.schedules import build_schedules, hparams_at
 
     def create_train_state(cfg, key, mesh=None):
-        state = ts.create_train_state(cfg, key, mesh=mesh, arch_overrides=arch_overrides(cfg))
+        state = ts.create_train_state(cfg, key, mesh=mesh)
         if cfg.student.pretrained_weights:
             state = load_pretrained_student(cfg, state)
         if ts.is_frozen_teacher(cfg):
@@ -106,7 +98,7 @@ def default_components() -> Components:
 
     def make_train_step(cfg):
         # donate the old state: its buffers are reused for the new one (halves peak state memory)
-        step = jax.jit(ts.make_train_step(cfg, arch_overrides=arch_overrides(cfg)), donate_argnums=0)
+        step = jax.jit(ts.make_train_step(cfg), donate_argnums=0)
         if not cfg.crops.photometric_on_device:
             return step
         from dinov2_jax.data.device_augment import augment_batch
@@ -147,8 +139,7 @@ def _modules_from_params(cfg, params: dict, *, teacher: bool) -> dict:
 
     from dinov2_jax.train.train_step import build_modules
 
-    abstract = nnx.eval_shape(lambda: build_modules(cfg, jax.random.key(0), teacher=teacher,
-                                                    arch_overrides=arch_overrides(cfg)))
+    abstract = nnx.eval_shape(lambda: build_modules(cfg, jax.random.key(0), teacher=teacher))
     out = {}
     for name, params_i in params.items():
         graphdef, abstract_params, rest = nnx.split(abstract[name], nnx.Param, ...)
@@ -518,14 +509,9 @@ def init_from_weights(state, weights: str):
     new = {}
     for part in ("student", "teacher"):
         like = get(part)
-        if jax.tree.structure(like) != jax.tree.structure(raw[part]):
-            raise ValueError(f"MODEL.WEIGHTS={weights!r}: the {part} parameters do not match this config's model")
-        bad = [jax.tree_util.keystr(p) for (p, a), b in zip(jax.tree_util.tree_flatten_with_path(like)[0],
-                                                            jax.tree.leaves(raw[part])) if a.shape != b.shape]
-        if bad:
-            raise ValueError(f"MODEL.WEIGHTS={weights!r}: {part} shapes differ from this config at {bad[:5]}")
-        new[part] = jax.tree.map(lambda a, b: jax.device_put(jnp.asarray(b, a.dtype), getattr(a, "sharding", None)),
-                                 like, raw[part])
+        check_tree_like(like, raw[part], f"MODEL.WEIGHTS={weights!r} ({part})",
+                        hint="the checkpoint must come from a run with the same model config")
+        new[part] = _put_like(like, raw[part])
     return {**state, **new} if isinstance(state, dict) else state.replace(**new)
 
 
@@ -627,16 +613,10 @@ def _read_pretrained(path: str, option: str) -> dict:
     return params
 
 
-def _check_like(like: dict, params: dict, what: str) -> None:
-    """Same parameter names and shapes, else a ValueError listing the differences."""
-    names = lambda t: {jax.tree_util.keystr(p): np.shape(x) for p, x in jax.tree_util.tree_flatten_with_path(t)[0]}
-    want, got = names(like), names(params)
-    missing, extra = sorted(set(want) - set(got)), sorted(set(got) - set(want))
-    shapes = [f"{k}: file {got[k]} vs config {tuple(want[k])}" for k in sorted(set(want) & set(got))
-              if tuple(got[k]) != tuple(want[k])]
-    if missing or extra or shapes:
-        raise ValueError(f"{what} does not match this config's model: missing {missing[:10]}, unexpected "
-                         f"{extra[:10]}, shape mismatches {shapes[:10]}")
+def _put_like(like: dict, params: dict) -> dict:
+    """`params` as arrays with the dtypes and shardings of `like` (a freshly built, sharded tree)."""
+    return jax.tree.map(lambda w, x: jax.device_put(jnp.asarray(x, w.dtype), getattr(w, "sharding", None)),
+                        like, params)
 
 
 def load_pretrained_student(cfg, state):
@@ -645,12 +625,11 @@ def load_pretrained_student(cfg, state):
     official `strict=False`, any missing / unexpected / mis-shaped key is an error that lists them."""
     path = cfg.student.pretrained_weights
     backbone = _read_pretrained(path, "student.pretrained_weights")["backbone"]
-    _check_like(state.student["backbone"], backbone, f"student.pretrained_weights={path!r}")
-    put = lambda like: jax.tree.map(lambda w, x: jax.device_put(jnp.asarray(x, w.dtype), getattr(w, "sharding", None)),
-                                    like, backbone)
+    check_tree_like(state.student["backbone"], backbone, f"student.pretrained_weights={path!r}",
+                    hint="the backbone of the config (student.arch and student.* keys) must be the file's")
     log.info("student and teacher backbones initialised from %s", path)
-    return state.replace(student={**state.student, "backbone": put(state.student["backbone"])},
-                         teacher={**state.teacher, "backbone": put(state.teacher["backbone"])})
+    return state.replace(student={**state.student, "backbone": _put_like(state.student["backbone"], backbone)},
+                         teacher={**state.teacher, "backbone": _put_like(state.teacher["backbone"], backbone)})
 
 
 def load_pretrained_teacher(cfg, like_teacher: dict) -> dict:
@@ -665,8 +644,6 @@ def load_pretrained_teacher(cfg, like_teacher: dict) -> dict:
         raise ValueError(f"teacher.pretrained_weights={path!r} has no {missing}: distillation needs the "
                          f"teacher's heads (use a training export eval/training_*/ or a teacher_checkpoint.pth)")
     params = {k: params[k] for k in like_teacher}
-    _check_like(like_teacher, params, f"teacher.pretrained_weights={path!r} (teacher.arch="
-                f"{cfg.teacher.arch or cfg.student.arch!r} and the head config)")
-    # keep the shardings of the freshly built teacher
-    return jax.tree.map(lambda w, x: jax.device_put(jnp.asarray(x, w.dtype), getattr(w, "sharding", None)),
-                        like_teacher, params)
+    check_tree_like(like_teacher, params, f"teacher.pretrained_weights={path!r}",
+                    hint=f"the file must match teacher.arch={cfg.teacher.arch or cfg.student.arch!r} and the head config")
+    return _put_like(like_teacher, params)

@@ -28,14 +28,7 @@ class LayoutError(ValueError):
 
 
 def _fail(kind: str, unexpected=(), missing=(), extra: str = ""):
-    msg = [f"{kind} state dict does not have the expected layout:"]
-    if missing:
-        msg.append(f"  missing ({len(missing)}): {sorted(missing)}")
-    if unexpected:
-        msg.append(f"  unexpected ({len(unexpected)}): {sorted(unexpected)}")
-    if extra:
-        msg.append("  " + extra)
-    raise LayoutError("\n".join(msg))
+    raise LayoutError(mismatch_message(f"{kind} state dict", missing=missing, unexpected=unexpected, hint=extra))
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ from dinov2_jax.train.train_step import backbone_config, build_modules
 
 
 # only ViT-g: the released ViT-S/B/L were distilled from it with an MLP FFN, while the official
-# `configs/train/vitl14.yaml` trains ViT-L with SwiGLU
+# `dinov2/configs/train/vitl14.yaml` trains ViT-L with SwiGLU
 @pytest.mark.parametrize("name,hub", [("vitg14", "dinov2_vitg14")])
 def test_official_configs_have_the_hub_layout(name, hub):
     cfg = load_config(f"configs/{name}.py")
