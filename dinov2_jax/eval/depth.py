@@ -12,9 +12,10 @@ Layouts:
                16-bit PNG depth / 1000 (nyu) or / 256 (kitti); range (0.001, 10) / (0.001, 80).
   folder:      ROOT/{train,val}/images/* + ROOT/{train,val}/depth/<stem>.npy (metres, float) or .png
                (16-bit, / --depth-scale); --max-depth required.
-Images and depth maps are resized to --image-size square (bicubic / nearest; 0 = invalid); no augmentation
-and no eval crop, so the training features are computed once and cached when they fit in --cache-gb (else
-recomputed at every step); validation streams batch by batch.
+Images and depth maps are resized to --image-size square (bicubic / nearest; 0 = invalid); metrics count the
+pixels of the standard evaluation crop (--eval-crop: Eigen for nyu, Garg for kitti). No augmentation, so the
+training features are computed once and cached when they fit in --cache-gb (else recomputed at every step);
+validation streams batch by batch.
 """
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ from flax import nnx
 
 from dinov2_jax.eval import dense
 from dinov2_jax.models.heads.depth import LinearDepthHead, depth_features, head_to_state_dict, official_out_index
-from dinov2_jax.models.heads.segmentation import resize_bilinear
+from dinov2_jax.models.heads.spatial import resize_bilinear
 
 logger = logging.getLogger("dinov2_jax.eval.depth")
 
@@ -40,12 +41,37 @@ LAYOUTS = {"nyu": dict(scale=1000.0, range=(0.001, 10.0)), "kitti": dict(scale=2
 
 
 # ---- metrics / loss -------------------------------------------------------------------------------
-def depth_metric_rows(pred, gt, min_depth: float, max_depth: float) -> list[tuple[float, float, float]]:
-    """pred, gt [N, H, W] -> per image (abs_rel, rmse, delta1) over valid pixels (min_depth < gt <= max_depth);
-    images without a valid pixel are skipped."""
+# The standard evaluation crops (top, bottom, left, right) as fractions of the frame, so that they apply at any
+# evaluation size: Eigen et al.'s NYU-v2 crop, rows 45:471 and columns 41:601 of the 480 x 640 frame, and
+# Garg et al.'s KITTI crop, the fractions used by the BTS / AdaBins evaluation code (whose toolbox the official
+# depth evaluation builds on). Pixels outside the crop do not count.
+EVAL_CROPS = {"eigen": (45 / 480, 471 / 480, 41 / 640, 601 / 640),
+              "garg": (0.40810811, 0.99189189, 0.03594771, 0.96405229)}
+LAYOUT_CROPS = {"nyu": "eigen", "kitti": "garg", "folder": "none"}
+
+
+def eval_crop_mask(shape: tuple[int, int], crop: str) -> np.ndarray:
+    """bool [H, W]: the pixels inside the named evaluation crop ("none": all)."""
+    h, w = shape
+    mask = np.zeros((h, w), bool)
+    if crop == "none":
+        mask[:] = True
+        return mask
+    if crop not in EVAL_CROPS:
+        raise ValueError(f"unknown evaluation crop {crop!r}; choose one of {['none', *EVAL_CROPS]}")
+    t, b, lf, r = EVAL_CROPS[crop]
+    mask[int(t * h):int(b * h), int(lf * w):int(r * w)] = True
+    return mask
+
+
+def depth_metric_rows(pred, gt, min_depth: float, max_depth: float, crop: str = "none") -> list[tuple[float, float, float]]:
+    """pred, gt [N, H, W] -> per image (abs_rel, rmse, delta1) over valid pixels (min_depth < gt <= max_depth,
+    inside the evaluation crop); images without a valid pixel are skipped."""
     rows = []
-    for p, g in zip(np.asarray(pred, np.float64), np.asarray(gt, np.float64)):
-        v = (g > min_depth) & (g <= max_depth)
+    pred, gt = np.asarray(pred, np.float64), np.asarray(gt, np.float64)
+    inside = eval_crop_mask(gt.shape[1:3], crop)
+    for p, g in zip(pred, gt):
+        v = (g > min_depth) & (g <= max_depth) & inside
         if not v.any():
             continue
         p, g = p[v], g[v]
@@ -178,6 +204,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                         "a head.npz from this CLI (blocks from its width; bins over --head-range)")
     p.add_argument("--head-range", default=None,
                    help="'min,max' of the given head's bins (default: the hub's 0.001,80 as the official builder)")
+    p.add_argument("--eval-crop", default=None, choices=["none", *EVAL_CROPS],
+                   help="pixels that count in the metrics: eigen (NYU-v2), garg (KITTI) or none; "
+                        "default: eigen for nyu, garg for kitti, none for folder")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--weight-decay", type=float, default=1e-4)
@@ -192,6 +221,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     args = get_args_parser().parse_args(argv)
+    eval_crop = args.eval_crop or LAYOUT_CROPS[args.layout]
     spec = LAYOUTS[args.layout]
     lo, hi = spec["range"] or (0.001, None)
     min_depth = args.min_depth if args.min_depth is not None else lo
@@ -233,10 +263,10 @@ def main(argv=None) -> int:
     for images, feats, gt in dense.iterate_pairs(dataset_pairs(args.data, args.layout, "val")[:args.max_samples or None],
                                                  load_pair, feat_fn, args.batch_size):
         pred = predict(head, feats, gt.shape[1:3], args.batch_size)
-        rows += depth_metric_rows(pred, gt, min_depth, max_depth)
+        rows += depth_metric_rows(pred, gt, min_depth, max_depth, eval_crop)
         shown += list(zip(images, pred, gt))[:max(0, 4 - len(shown))]
     metrics = summarize_rows(rows)
-    metrics.update(layout=args.layout, out_index=list(out_index), depth_range=[min_depth, max_depth],
+    metrics.update(layout=args.layout, eval_crop=eval_crop, out_index=list(out_index), depth_range=[min_depth, max_depth],
                    image_size=args.image_size, iters=0 if args.head_weights else args.iters, n_train=n_train,
                    head_range=[head.min_depth, head.max_depth])
     os.makedirs(args.out_dir, exist_ok=True)

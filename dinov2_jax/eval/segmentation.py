@@ -15,7 +15,8 @@ Layouts (targets are PNG label maps):
 Images and masks are resized to --image-size square (bicubic / nearest); no augmentation, so the training
 features are computed once and cached when they fit in --cache-gb (else recomputed at every step). mIoU is
 measured at that resolution (whole-image inference), or with --slide-stride on val images resized to
---eval-size, in --image-size windows (mmseg slide inference).
+--eval-size, in --image-size windows (mmseg slide inference); --tta-ratios / --tta-flip add mmseg's
+multi-scale / flip test-time augmentation (mean class probabilities over the scaled and mirrored images).
 Optimiser: AdamW (lr 1e-3, wd 1e-4) with linear decay to 0 (our choice; set --lr / --weight-decay).
 """
 from __future__ import annotations
@@ -35,7 +36,8 @@ from flax import nnx
 
 from dinov2_jax.eval import dense
 from dinov2_jax.models.heads.segmentation import (HEAD_LAYERS, SegmentationHead, head_to_state_dict, patch_features,
-                                                  resize_bilinear, slide_logits)
+                                                  slide_logits)
+from dinov2_jax.models.heads.spatial import resize_bilinear
 
 logger = logging.getLogger("dinov2_jax.eval.segmentation")
 
@@ -167,6 +169,42 @@ def make_slide_predictor(backbone, head: SegmentationHead, n_layers: int, crop: 
                                     for im in images])
 
 
+def tta_probabilities(logits_fn, image, ratios=(1.0,), flip: bool = False) -> np.ndarray:
+    """mmseg's multi-scale / flip test-time augmentation (`EncoderDecoder.aug_test`) for one image [H, W, 3]:
+    for each ratio the image resized (bilinear) to round(H r) x round(W r), and its horizontal mirror when
+    `flip`; logits_fn maps one image [h, w, 3] -> logits [h, w, K]; the logits are resized back to [H, W],
+    softmaxed and un-mirrored; -> the mean class probabilities [H, W, K]."""
+    image = jnp.asarray(image)
+    h, w = image.shape[:2]
+    probs = []
+    for r in ratios:
+        size = (int(round(h * r)), int(round(w * r)))
+        scaled = image if size == (h, w) else resize_bilinear(image[None], size)[0]
+        for mirrored in ((False, True) if flip else (False,)):
+            logits = jnp.asarray(logits_fn(scaled[:, ::-1] if mirrored else scaled))
+            p = jax.nn.softmax(resize_bilinear(logits[None].astype(jnp.float32), (h, w))[0], axis=-1)
+            probs.append(p[:, ::-1] if mirrored else p)
+    return np.asarray(sum(probs) / len(probs))
+
+
+def make_tta_predictor(backbone, head: SegmentationHead, n_layers: int, ratios, flip: bool,
+                       slide: tuple[int, int] | None = None):
+    """-> predict(images [N, H, W, 3]) -> labels [N, H, W] with tta_probabilities over whole-image inference,
+    or over sliding windows (crop, stride) when `slide` is given. Compiled once per scaled size."""
+    graphdef, state = nnx.split((backbone, head))
+
+    @jax.jit
+    def whole(state, x):  # [n, h, w, 3] -> logits at input size
+        bb, hd = nnx.merge(graphdef, state)
+        return resize_bilinear(hd(patch_features(bb, x, n_layers)), x.shape[1:3])
+
+    if slide:
+        logits_fn = lambda im: slide_logits(lambda x: whole(state, x), im, *slide)  # noqa: E731
+    else:
+        logits_fn = lambda im: whole(state, im[None])[0]  # noqa: E731
+    return lambda images: np.stack([np.argmax(tta_probabilities(logits_fn, im, ratios, flip), -1) for im in images])
+
+
 def save_picture(images, pred, masks, path: str, n: int = 4) -> None:
     from dinov2_jax.visualize import denormalize
 
@@ -193,6 +231,16 @@ def load_head_weights(path: str, in_channels: int, num_classes: int) -> Segmenta
 
 
 # ---- CLI ------------------------------------------------------------------------------------------
+def parse_ratios(text: str) -> tuple[float, ...]:
+    try:
+        ratios = tuple(float(t) for t in text.split(",") if t.strip())
+    except ValueError:
+        raise SystemExit(f"--tta-ratios {text!r}: expected comma-separated numbers such as 1.0,1.32,1.73") from None
+    if not ratios or min(ratios) <= 0:
+        raise SystemExit(f"--tta-ratios {text!r}: expected positive scale ratios such as 1.0,1.32,1.73")
+    return ratios
+
+
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser("python -m dinov2_jax.eval.segmentation",
                                 description="Linear semantic segmentation on a frozen DINOv2 backbone")
@@ -213,6 +261,10 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="> 0: evaluate with sliding windows of --image-size at this stride on val images "
                         "resized to --eval-size (0: whole-image inference at --image-size)")
     p.add_argument("--eval-size", type=int, default=None, help="val image size for --slide-stride (default: image-size)")
+    p.add_argument("--tta-ratios", default=None,
+                   help="multi-scale test-time augmentation: comma-separated scale ratios of the val image, e.g. "
+                        "1.0,1.32,1.73 (class probabilities averaged, as mmseg's aug_test); default: none")
+    p.add_argument("--tta-flip", action="store_true", help="also average over the horizontal mirror of each scale")
     p.add_argument("--cache-gb", type=float, default=4.0,
                    help="keep the training features in memory up to this size, else recompute them every step")
     p.add_argument("--max-samples", type=int, default=None, help="use only the first N images of each split")
@@ -241,14 +293,17 @@ def main(argv=None) -> int:
                           lr=args.lr, weight_decay=args.weight_decay, seed=args.seed)
         n_train = len(pairs)
     val_pairs = dataset_pairs(args.data, args.layout, "val")[:args.max_samples or None]
-    if args.slide_stride > 0:
-        eval_size = args.eval_size or args.image_size
-        predict_batch = make_slide_predictor(model, head, n_layers, args.image_size, args.slide_stride)
-        mode = dict(inference="slide", eval_size=eval_size, stride=args.slide_stride)
+    slide = (args.image_size, args.slide_stride) if args.slide_stride > 0 else None
+    eval_size = (args.eval_size or args.image_size) if slide else args.image_size
+    mode = dict(inference="slide", eval_size=eval_size, stride=args.slide_stride) if slide else dict(inference="whole")
+    if args.tta_ratios or args.tta_flip:
+        ratios = parse_ratios(args.tta_ratios or "1.0")
+        predict_batch = make_tta_predictor(model, head, n_layers, ratios, args.tta_flip, slide)
+        mode.update(tta_ratios=list(ratios), tta_flip=args.tta_flip)
+    elif slide:
+        predict_batch = make_slide_predictor(model, head, n_layers, *slide)
     else:
-        eval_size = args.image_size
         predict_batch = lambda ims: predict(head, dense.batched(feat_fn, ims, args.batch_size), ims.shape[1:3])  # noqa: E731
-        mode = dict(inference="whole")
     metrics, (images, pred, masks) = evaluate_pairs(predict_batch, val_pairs, pair_loader(eval_size, args.layout),
                                                     num_classes, args.batch_size)
     metrics.update(head=args.head, layout=args.layout, image_size=args.image_size, iters=args.iters,

@@ -21,6 +21,27 @@ def test_depth_metrics_hand_computation():
     np.testing.assert_allclose([m["abs_rel"], m["rmse"], m["delta1"]], np.mean([img1, img2], 0), rtol=1e-12)
 
 
+def test_eval_crops():
+    """Eigen's NYU crop is rows 45:471, cols 41:601 of the 480 x 640 frame; Garg's KITTI crop by its fractions;
+    pixels outside the crop do not count."""
+    m = de.eval_crop_mask((480, 640), "eigen")
+    want = np.zeros((480, 640), bool)
+    want[45:471, 41:601] = True
+    np.testing.assert_array_equal(m, want)
+    k = de.eval_crop_mask((375, 1242), "garg")
+    assert np.argwhere(k).min(0).tolist() == [153, 44] and np.argwhere(k).max(0).tolist() == [370, 1196]
+    assert de.eval_crop_mask((5, 7), "none").all()
+    with pytest.raises(ValueError, match="unknown evaluation crop"):
+        de.eval_crop_mask((5, 7), "eigne")
+    gt = np.full((1, 48, 64), 2.0)
+    inside = de.eval_crop_mask((48, 64), "eigen")
+    assert inside.sum() == (int(471 / 10) - int(45 / 10)) * (int(601 / 10) - int(41 / 10))  # 43 x 56
+    pred = np.where(inside, 2.0, 7.0)[None]  # right inside the crop, wrong outside
+    assert de.depth_metrics(pred, gt, 0.001, 10.0)["abs_rel"] > 0.5
+    rows = de.depth_metric_rows(pred, gt, 0.001, 10.0, "eigen")
+    assert rows == [(0.0, 0.0, 1.0)]
+
+
 def test_sig_loss_matches_official_formula():
     rng = np.random.default_rng(0)
     gt = rng.uniform(0.5, 8, (2, 6, 5)).astype(np.float32)

@@ -10,6 +10,7 @@ from flax import nnx
 
 from dinov2_jax import convert
 from dinov2_jax.models.heads import depth as dh
+from dinov2_jax.models.heads import spatial
 from dinov2_jax.models.vision_transformer import DinoVisionTransformer
 
 FIX = os.path.join(os.path.dirname(__file__), "fixtures")
@@ -38,7 +39,7 @@ def test_depth_matches_official_hub_depther(layers, out_index):
 
 def test_center_pad_and_out_index():
     x = jnp.ones((1, 50, 61, 1))
-    p = np.asarray(dh.center_pad(x, 14))[0, :, :, 0]
+    p = np.asarray(spatial.center_pad(x, 14))[0, :, :, 0]
     assert p.shape == (56, 70)
     # 6 rows: 3 above / 3 below; 9 cols: 4 left / 5 right (torch CenterPadding: left = floor)
     assert p[:3].sum() == 0 and p[53:].sum() == 0 and p[3:53, 4:65].min() == 1

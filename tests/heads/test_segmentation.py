@@ -1,14 +1,20 @@
 """Segmentation heads: BN + 1x1 conv + bilinear upsampling as torch computes it, official state-dict keys,
 mIoU against a hand/scikit-learn computation, and a short training run on colour regions (known answer)."""
+import importlib.util
 import json
 import os
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
+from dinov2_jax import convert
 from dinov2_jax.eval import segmentation as seg
 from dinov2_jax.models.heads import segmentation as sh
+from dinov2_jax.models.heads import spatial
+from dinov2_jax.models.vision_transformer import DinoVisionTransformer
 
 from heads_synthetic import colour_regions, tiny_backbone_dir, write_seg_folder
 
@@ -31,13 +37,41 @@ def test_head_matches_torch_bnhead_math():
     sd.update({"decode_head.conv_seg.weight": conv.weight.detach().numpy(),
                "decode_head.conv_seg.bias": conv.bias.detach().numpy()})
     head = sh.head_from_state_dict({"state_dict": sd, "meta": {}})  # mmcv checkpoint layout
-    out = sh.resize_bilinear(head(jnp.asarray(x.transpose(0, 2, 3, 1))), (56, 84))
+    out = spatial.resize_bilinear(head(jnp.asarray(x.transpose(0, 2, 3, 1))), (56, 84))
     np.testing.assert_allclose(np.asarray(out), ref, rtol=1e-5, atol=1e-5)
     back = sh.head_to_state_dict(head)
     for key, v in back.items():
         np.testing.assert_array_equal(v, sd[key])
     with pytest.raises(ValueError, match="missing"):
         sh.head_from_state_dict({"decode_head.conv_seg.weight": sd["decode_head.conv_seg.weight"]})
+
+
+FIX = os.path.join(os.path.dirname(__file__), "fixtures")
+
+
+def _load_fixture_module():
+    spec = importlib.util.spec_from_file_location("make_seg", os.path.join(FIX, "make_segmentation_fixture.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.parametrize("head_kind", ["linear", "ms"])
+def test_segment_matches_official_bnhead(head_kind):
+    """The official BNHead class on the official backbone (golden fixture, make_segmentation_fixture.py):
+    same logits at input resolution, on 50x61 images (centred padding to the patch multiple)."""
+    make_seg = _load_fixture_module()
+    d = np.load(os.path.join(FIX, "linear_segmentation_official.npz"))
+    backbone = DinoVisionTransformer(img_size=56, patch_size=14, embed_dim=32, depth=4, num_heads=2, init_values=1.0,
+                                     rngs=nnx.Rngs(1))
+    convert.load_torch_state_dict(backbone, {k[3:]: d[k] for k in d.files if k.startswith("sd/")})
+    n = sh.HEAD_LAYERS[head_kind]
+    assert make_seg.HEADS[head_kind] == list(range(4 - n, 4))  # the last n blocks, as our heads read
+    sd = {f"decode_head.{k}": v for k, v in make_seg.head_weights(head_kind, 32 * n).items()}
+    head = sh.head_from_state_dict(sd)
+    out = sh.segment(backbone, head, jnp.asarray(d["x"]), n)
+    assert out.shape == d[f"logits_{head_kind}"].shape == (2, 50, 61, make_seg.NUM_CLASSES)
+    np.testing.assert_allclose(np.asarray(out), d[f"logits_{head_kind}"], rtol=1e-5, atol=1e-5)
 
 
 def test_batchnorm_train_mode_matches_torch():
@@ -104,6 +138,12 @@ def test_cli_learns_colour_regions(tmp_path, head):
                          "--image-size", "56", "--head-weights", pth, "--out-dir", out2]) == 0
         m2 = json.load(open(os.path.join(out2, "metrics.json")))
         assert m2["mIoU"] == pytest.approx(m["mIoU"], abs=1e-9) and m2["n_train"] == 0
+        # multi-scale + flip TTA on the same head: still right, and recorded
+        assert seg.main(["--weights", wdir, "--data", root, "--layout", "folder", "--num-classes", "4",
+                         "--image-size", "56", "--head-weights", pth, "--tta-ratios", "1.0,1.5", "--tta-flip",
+                         "--out-dir", out2]) == 0
+        m3 = json.load(open(os.path.join(out2, "metrics.json")))
+        assert m3["tta_ratios"] == [1.0, 1.5] and m3["tta_flip"] and m3["mIoU"] > 0.95, m3
         with pytest.raises(SystemExit, match="input channels"):
             seg.main(["--weights", wdir, "--data", root, "--layout", "folder", "--num-classes", "4", "--head", "ms",
                       "--image-size", "56", "--head-weights", pth, "--out-dir", out2])
@@ -158,6 +198,42 @@ def test_cli_sliding_window_eval(tmp_path):
                      "--eval-size", "84", "--out-dir", out]) == 0
     m = json.load(open(os.path.join(out, "metrics.json")))
     assert m["inference"] == "slide" and m["eval_size"] == 84 and m["mIoU"] > 0.9, m
+
+
+def test_tta_is_mmseg_aug_test():
+    """Multi-scale + flip TTA against the same procedure in torch (mmseg aug_test: resize the image, logits back
+    at input size, softmax, un-mirror, mean), on a position-dependent logits function so that a missing
+    un-mirroring or a wrong resize shows."""
+    torch = pytest.importorskip("torch")
+    F = torch.nn.functional
+    rng = np.random.default_rng(0)
+    w, v = rng.normal(size=(3, 4)).astype(np.float32), rng.normal(size=4).astype(np.float32) * 3
+    img = rng.normal(size=(10, 14, 3)).astype(np.float32)
+
+    def f_np(x):  # [h, w, 3] -> [h, w, 4]: colour term + a left-to-right ramp
+        ramp = jnp.linspace(0, 1, x.shape[1])[None, :, None]
+        return x @ w + ramp * v
+
+    def f_torch(x):  # [1, 3, h, w] -> [1, 4, h, w]
+        ramp = torch.linspace(0, 1, x.shape[3])[None, None, None, :]
+        return torch.einsum("bchw,ck->bkhw", x, torch.from_numpy(w)) + ramp * torch.from_numpy(v)[None, :, None, None]
+
+    ratios = (1.0, 1.5, 2.0)
+    x = torch.from_numpy(img.transpose(2, 0, 1))[None]
+    ref = 0
+    for r in ratios:
+        xs = F.interpolate(x, (round(10 * r), round(14 * r)), mode="bilinear", align_corners=False) if r != 1 else x
+        for flip in (False, True):
+            logit = F.interpolate(f_torch(xs.flip(3) if flip else xs), (10, 14), mode="bilinear", align_corners=False)
+            p = F.softmax(logit, 1)
+            ref = ref + (p.flip(3) if flip else p)
+    ref = (ref / 6)[0].numpy().transpose(1, 2, 0)
+    got = seg.tta_probabilities(f_np, img, ratios, flip=True)
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-6)
+    # one scale, no flip: plain softmax of the logits
+    np.testing.assert_allclose(seg.tta_probabilities(f_np, img), np.asarray(jax.nn.softmax(f_np(img), -1)), atol=1e-6)
+    with pytest.raises(SystemExit, match="tta-ratios"):
+        seg.parse_ratios("1.0,big")
 
 
 def test_training_without_feature_cache_gives_the_same_head(tmp_path):

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from dinov2_jax.models.heads.segmentation import resize_bilinear
+from dinov2_jax.models.heads.spatial import center_pad, resize_bilinear
 
 logger = logging.getLogger("dinov2_jax.models.heads.depth")
 
@@ -39,13 +39,6 @@ def official_out_index(depth: int, layers: int = 4) -> tuple[int, ...]:
     if depth not in OUT_INDEX_4:
         raise ValueError(f"no official 4-layer indices for a {depth}-block backbone; pass out_index explicitly")
     return OUT_INDEX_4[depth]
-
-
-def center_pad(images: jax.Array, multiple: int) -> jax.Array:
-    """[B, H, W, C] zero-padded to multiples of `multiple`, the extra split left/right (left = floor)."""
-    _, h, w, _ = images.shape
-    ph, pw = -h % multiple, -w % multiple
-    return jnp.pad(images, ((0, 0), (ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2), (0, 0)))
 
 
 def depth_features(backbone, images: jax.Array, out_index: Sequence[int]) -> jax.Array:

@@ -16,20 +16,18 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from dinov2_jax.models.heads.spatial import center_pad, resize_bilinear
+
 HEAD_LAYERS = {"linear": 1, "ms": 4}
 BN_EPS = 1e-5
 BN_MOMENTUM = 0.1  # torch convention: running = (1 - m) * running + m * batch
 
 
-def resize_bilinear(x: jax.Array, size: tuple[int, int]) -> jax.Array:
-    """[B, h, w, C] -> [B, H, W, C], torch `F.interpolate(mode="bilinear", align_corners=False)` (no antialias)."""
-    b, _, _, c = x.shape
-    return jax.image.resize(x, (b, size[0], size[1], c), "bilinear", antialias=False)
-
-
 def patch_features(backbone, images: jax.Array, n_layers: int) -> jax.Array:
     """images [B, H, W, 3] -> final-normed patch tokens of the last n_layers blocks, concatenated
-    (oldest first) on channels: [B, H/p, W/p, n_layers * D]."""
+    (oldest first) on channels: [B, ceil(H/p), ceil(W/p), n_layers * D]. Sides that are not multiples of
+    the patch are zero-padded, centred, as the official segmenter's CenterPadding pre-hook does."""
+    images = center_pad(images, backbone.patch_size)
     b, h, w, _ = images.shape
     p = backbone.patch_size
     outs = backbone.get_intermediate_layers(images, n=n_layers)
@@ -76,7 +74,8 @@ class SegmentationHead(nnx.Module):
 
 def segment(backbone, head: SegmentationHead, images: jax.Array, n_layers: int,
             out_size: tuple[int, int] | None = None) -> jax.Array:
-    """Whole-image inference: images [B, H, W, 3] -> logits [B, H', W', K] upsampled to out_size (default H, W)."""
+    """Whole-image inference: images [B, H, W, 3] -> logits [B, H', W', K] upsampled to out_size (default H, W;
+    with padding, the padded grid's logits are stretched over the unpadded image, as mmseg's encode_decode)."""
     logits = head(patch_features(backbone, images, n_layers))
     return resize_bilinear(logits, out_size or images.shape[1:3])
 
