@@ -121,7 +121,7 @@ def run_embed(args) -> None:
 
 
 def run_dedup(args) -> None:
-    from dinov2_jax.curate.dedup import dedup_pool, near_protected
+    from dinov2_jax.curate.dedup import dedup_pool
     from dinov2_jax.curate.search import knn_resumable, put_database
 
     store = open_store(args, args.pool)

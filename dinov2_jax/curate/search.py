@@ -187,10 +187,8 @@ def knn_resumable(folder: str, name: str, queries: np.ndarray, database, k: int,
     from dinov2_jax.curate.embeddings import atomic_write
 
     os.makedirs(folder, exist_ok=True)
-    db = database if isinstance(database, Database) else put_database(database, kw.pop("mesh", None),
-                                                                      db_block=kw.pop("db_block", 4096))
-    kw.pop("mesh", None)
-    kw.pop("db_block", None)
+    mesh, db_block = kw.pop("mesh", None), kw.pop("db_block", 4096)
+    db = database if isinstance(database, Database) else put_database(database, mesh, db_block=db_block)
     nq = int(queries.shape[0])
     sims, ids = [], []
     for p, lo in enumerate(range(0, nq, part_size)):

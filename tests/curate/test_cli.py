@@ -5,7 +5,6 @@ import json
 import os
 import shutil
 
-import numpy as np
 import pytest
 
 from curate_synthetic import pattern_images, tiny_backbone_dir, write_images
@@ -47,6 +46,16 @@ def test_curate_folder_end_to_end(tmp_path, capsys):
 
     src = make_source(f"list:{os.path.join(out, 'files.txt')}")
     assert len(src) == 20 and src[0][0].size == (32, 32)
+    # what the trainer does with --config.train.dataset_path=list:DIR/files.txt: a batch of crops
+    from configs.ssl_default import get_config
+    from dinov2_jax.data.pipeline import make_train_loader
+
+    cfg = get_config()
+    cfg.train.dataset_path = f"list:{os.path.join(out, 'files.txt')}"
+    cfg.crops.global_crops_size, cfg.crops.local_crops_size, cfg.crops.local_crops_number = 32, 16, 2
+    cfg.student.patch_size = 8
+    batch = next(make_train_loader(cfg, process_index=0, process_count=1, batch_size_per_process=4, num_workers=0))
+    assert batch["collated_global_crops"].shape[0] == 8
 
 
 def test_cli_errors_are_clear(tmp_path, capsys):

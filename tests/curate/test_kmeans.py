@@ -118,3 +118,18 @@ def test_hierarchy_point_clusters():
     np.testing.assert_array_equal(h.point_clusters(1), [1, 1, 0, 0, 0])
     picked = balanced_sample(h, 2, seed=0)  # one from each top cluster
     assert sorted(h.point_clusters(1)[picked].tolist()) == [0, 1]
+
+
+def test_assignment_program_has_no_points_by_clusters_buffer():
+    import jax
+    import jax.numpy as jnp
+
+    from dinov2_jax.curate.kmeans import _assign_fn, put_points
+    from dinov2_jax.curate.search import largest_buffer_elements
+
+    n, d, k, block = 8192, 16, 512, 256
+    pts = put_points(np.random.default_rng(0).normal(size=(n, d)).astype(np.float32), block=block)
+    c = jax.ShapeDtypeStruct((k, d), jnp.float32)
+    hlo = _assign_fn(pts.mesh, pts.per, pts.block, pts.size, k).lower(pts.x, c).compile().as_text()
+    # distances exist per block [block, k], never for all points [N, k]
+    assert largest_buffer_elements(hlo) <= max(n * d, block * k) < n * k
