@@ -70,9 +70,12 @@ class Database(NamedTuple):
 
 
 def put_database(vectors: np.ndarray, mesh: Mesh | None = None, *, db_block: int = 4096,
-                 dtype=np.float32) -> Database:
-    """Unit rows [N, D] (numpy or memmap, any float dtype) -> Database split over the mesh. Each device
-    holds ceil(N / S) rows rounded up to whole blocks (padding rows are masked in the search)."""
+                 dtype=None) -> Database:
+    """Unit rows [N, D] (numpy or memmap) -> Database split over the mesh. Each device holds ceil(N / S)
+    rows rounded up to whole blocks (padding rows are masked in the search). dtype: kept as given for
+    float16 (the store's: half the device memory; products are still float32), else float32."""
+    if dtype is None:
+        dtype = np.float16 if vectors.dtype == np.float16 else np.float32
     mesh = default_mesh(mesh)
     n = int(vectors.shape[0])
     if vectors.ndim != 2 or n == 0:

@@ -36,6 +36,8 @@ def test_knn_identical_to_faiss(db_block, query_block):
     np.testing.assert_array_equal(ids, fi)
     np.testing.assert_allclose(sims, fs, atol=1e-5)
     assert np.all(np.diff(sims, axis=1) <= 0)
+    _, ids16 = knn(q, x.astype(np.float16), 10, db_block=db_block, query_block=query_block)  # float16 on device
+    np.testing.assert_array_equal(ids16, fi)
 
 
 def test_knn_self_search_finds_itself_and_checks_arguments():
