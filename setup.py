@@ -35,6 +35,6 @@ setup(
         # downloads of Hugging Face repo ids in from_pretrained("facebook/dinov2-small")
         "hf": ["huggingface_hub"],
         "test": ["torch==2.13.0", "timm==1.0.31", "transformers>=4.48", "pytest", "pytest-xdist", "fsspec",
-                 "scikit-learn"],
+                 "scikit-learn", "faiss-cpu"],  # faiss: reference for the curation k-NN and k-means tests
     },
 )
