@@ -140,7 +140,9 @@ def _kmeanspp_fn(mesh: Mesh, per: int, size: int, k: int):
             c = cents[j - 1]
             d = jnp.sum((x - c[None, :]) ** 2, axis=1)
             mind = jnp.minimum(mind, d)
-            g = jax.random.gumbel(jax.random.fold_in(jax.random.fold_in(key, j), shard), (per,))
+            # noise keyed by the global row index, not by the shard: the same centroids on any mesh
+            kj = jax.random.fold_in(key, j)
+            g = jax.vmap(lambda i: jax.random.gumbel(jax.random.fold_in(kj, i)))(shard * per + jnp.arange(per))
             # P(i) ~ mind_i: argmax of log(mind) + Gumbel; points already on a centroid have log 0 = -inf
             score = jnp.where(valid, jnp.log(mind) + g, -jnp.inf)
             fallback = jnp.where(valid, g, -jnp.inf)  # every point already chosen (duplicates): uniform

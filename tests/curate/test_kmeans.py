@@ -42,9 +42,11 @@ def test_kmeanspp_spreads_seeds_over_planted_clusters():
         res = kmeans(x, 5, iters=0, init=init, seed=seed)
         return len({int(lab[np.argmin(((x - c) ** 2).sum(1))]) for c in res.centroids})
 
-    pp = np.mean([covered("kmeans++", s) for s in range(8)])
-    rnd = np.mean([covered("random", s) for s in range(8)])
-    assert pp >= rnd + 1, (pp, rnd)  # random seeds mostly land in the big cluster
+    # 500 points at squared distance ~0.28 from a seed in the big cluster against 20 at ~1.6 in each other
+    # one: k-means++ opens a new cluster about half the time, random seeding about 1 time in 6
+    pp = np.mean([covered("kmeans++", s) for s in range(24)])
+    rnd = np.mean([covered("random", s) for s in range(24)])
+    assert pp >= rnd + 0.8, (pp, rnd)
     # the draw is proportional to the squared distance: on {0, 1, 10} the far point is almost always taken
     y = np.array([[0.0], [1.0], [10.0]], np.float32)
     assert np.mean([10.0 in kmeans(y, 2, iters=0, seed=s).centroids for s in range(40)]) > 0.9
