@@ -29,18 +29,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from dinov2_jax.eval.features import add_eval_cli_args, load_cli_model
+from dinov2_jax.models.layers.norm import l2_normalize
 
 logger = logging.getLogger("dinov2_jax.eval.knn")
 
 DEFAULT_NB_KNN = (10, 20, 100, 200)
 DEFAULT_TEMPERATURE = 0.07
-
-
-def l2_normalize(x, eps: float = 1e-12):
-    """`x [N, D]` -> `x / max(||x||_2, eps)` row-wise, as torch `F.normalize(p=2, dim=1)`."""
-    x = jnp.asarray(x, jnp.float32)
-    norm = jnp.linalg.norm(x, axis=-1, keepdims=True)
-    return x / jnp.maximum(norm, eps)
 
 
 class TrainIndex(NamedTuple):
@@ -237,8 +231,8 @@ def knn_classify(
         raise ValueError(f"temperatures must be > 0, got {temperatures}")
     if num_classes is None:
         num_classes = int(train_labels.max()) + 1
-    train_n = np.asarray(l2_normalize(train_features))
-    val_n = np.asarray(l2_normalize(val_features))
+    train_n = np.asarray(l2_normalize(jnp.asarray(train_features, jnp.float32)))
+    val_n = np.asarray(l2_normalize(jnp.asarray(val_features, jnp.float32)))
     n = len(val_labels)
     results = {}
     for npc in n_per_class_list:

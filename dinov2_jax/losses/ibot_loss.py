@@ -8,7 +8,7 @@ image); the sum is divided by the number of global-crop images 2B (masked or not
 import jax
 import jax.numpy as jnp
 
-STUDENT_TEMP = 0.1
+from dinov2_jax.losses.dino_loss import STUDENT_TEMP
 
 
 def valid_rows(upperbound: int, n_masked: jax.Array) -> jax.Array:
