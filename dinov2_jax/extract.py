@@ -28,24 +28,9 @@ import sys
 import jax
 import numpy as np
 
+from dinov2_jax.data.sources import list_images
+
 logger = logging.getLogger("dinov2_jax.extract")
-
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
-
-
-def list_images(root: str) -> list[str]:
-    """Image files under `root` (recursive), as sorted paths relative to root."""
-    if not os.path.isdir(root):
-        raise FileNotFoundError(f"--images {root!r} is not a directory")
-    out = []
-    for dirpath, _, files in os.walk(root):
-        for f in files:
-            if f.lower().endswith(IMAGE_EXTENSIONS):
-                out.append(os.path.relpath(os.path.join(dirpath, f), root))
-    if not out:
-        raise FileNotFoundError(f"no image files ({', '.join(IMAGE_EXTENSIONS)}) under {root!r}")
-    return sorted(out)
-
 
 def load_image(path: str, image_size: int = 224, resize_size: int | None = None) -> np.ndarray:
     """Path -> eval-transformed float32 [image_size, image_size, 3] (decoded as the data sources do,

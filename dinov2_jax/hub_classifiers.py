@@ -72,7 +72,8 @@ def classify_folder(classifier: LinearClassifier, images_dir: str, *, batch_size
 
     files: relative paths to classify (default: every image under images_dir, sorted)."""
     from dinov2_jax.eval.dense import batched
-    from dinov2_jax.extract import list_images, load_image
+    from dinov2_jax.data.sources import list_images
+    from dinov2_jax.extract import load_image
 
     files = list(files) if files is not None else list_images(images_dir)
     fn = make_classify_fn(classifier)

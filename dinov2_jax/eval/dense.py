@@ -30,7 +30,7 @@ def load_model(args):
 
 def match_pairs(image_dir: str, target_dir: str, stems=None, target_ext: str = ".png") -> list[tuple[str, str]]:
     """(image, target) paths paired by file stem; stems (optional list) selects and orders them."""
-    from dinov2_jax.extract import list_images
+    from dinov2_jax.data.sources import list_images
 
     for d in (image_dir, target_dir):
         if not os.path.isdir(d):

@@ -239,8 +239,9 @@ def classification_train_transform(image, rng: np.random.Generator, crop_size: i
     """Official linear-probe train transform: RandomResizedCrop(crop_size, scale, bicubic), horizontal
     flip p=0.5, ImageNet normalisation -> float32 [crop_size, crop_size, 3]."""
     from dinov2_jax.data import augmentations as aug
+    from dinov2_jax.data.sources import to_pil_rgb
 
-    img = aug.to_pil_rgb(image)
+    img = to_pil_rgb(image)
     top, left, h, w = aug.sample_resized_crop_params(rng, img.width, img.height, scale)
     img = aug.resized_crop(img, top, left, h, w, crop_size)
     if rng.random() < 0.5:

@@ -21,6 +21,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from dinov2_jax.models.config import ViTConfig
+from dinov2_jax.weights.matching import mismatch_message
 
 
 class LayoutError(ValueError):
