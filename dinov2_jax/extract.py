@@ -29,6 +29,7 @@ import jax
 import numpy as np
 
 from dinov2_jax.data.sources import list_images
+from dinov2_jax.padding import pad_rows
 
 logger = logging.getLogger("dinov2_jax.extract")
 
@@ -123,8 +124,7 @@ def extract_folder(model, images_dir: str, *, batch_size: int = 32, image_size: 
         kept.extend(names)
         batch = np.stack(loaded)
         n = len(names)
-        if n < batch_size:  # pad: one compiled shape for every batch
-            batch = np.concatenate([batch, np.zeros((batch_size - n,) + batch.shape[1:], batch.dtype)])
+        batch = pad_rows(batch, batch_size)  # one compiled shape for every batch
         out = jax.device_get(fn(batch))
         cls.append(np.asarray(out["cls"][:n], np.float32))
         regs.append(np.asarray(out["register_tokens"][:n], np.float32))
@@ -203,8 +203,7 @@ def classify_folder(model, head_path: str, images_dir: str, *, batch_size: int =
         batch = np.stack([load_image(os.path.join(images_dir, f), image_size, head.resize_size * image_size
                                      // head.image_size) for f in names])
         n = len(names)
-        if n < batch_size:  # pad: one compiled shape for every batch
-            batch = np.concatenate([batch, np.zeros((batch_size - n,) + batch.shape[1:], batch.dtype)])
+        batch = pad_rows(batch, batch_size)  # one compiled shape for every batch
         logits.append(linear_head_logits(head, jax.device_get(fn(batch)))[:n])
     logits = np.concatenate(logits).astype(np.float32)
     best = logits.argmax(axis=1)

@@ -11,6 +11,7 @@ import numpy as np
 from PIL import Image
 
 from dinov2_jax.data.augmentations import normalize
+from dinov2_jax.padding import pad_rows
 
 logger = logging.getLogger("dinov2_jax.eval.dense")
 
@@ -107,9 +108,7 @@ def batched(fn, images: np.ndarray, batch_size: int):
     for s in range(0, len(images), batch_size):
         b = images[s:s + batch_size]
         n = len(b)
-        if n < batch_size:
-            b = np.concatenate([b, np.zeros((batch_size - n,) + b.shape[1:], b.dtype)])
-        outs.append(jax.tree.map(lambda a: np.asarray(a)[:n], fn(b)))
+        outs.append(jax.tree.map(lambda a: np.asarray(a)[:n], fn(pad_rows(b, batch_size))))
     return jax.tree.map(lambda *a: np.concatenate(a), *outs)
 
 

@@ -11,11 +11,6 @@ import jax.numpy as jnp
 from dinov2_jax.losses.dino_loss import STUDENT_TEMP
 
 
-def valid_rows(upperbound: int, n_masked: jax.Array) -> jax.Array:
-    """`[upperbound]` bool, True for the first `n_masked` rows of the padded buffer."""
-    return jnp.arange(upperbound) < n_masked
-
-
 def ibot_masked_loss(
     student_logits: jax.Array,
     teacher_probs: jax.Array,
@@ -30,7 +25,7 @@ def ibot_masked_loss(
       student_logits: `[U, K]` student head outputs of the padded masked-token buffer (U = upperbound).
       teacher_probs: `[U, K]` teacher targets for the same rows (padded rows may hold anything finite).
       masks_weight: `[U]` 1/n_i per valid row (padding ignored).
-      valid: `[U]` bool, the real (not padding) rows; `valid_rows(U, n_masked)` for one prefix-padded
+      valid: `[U]` bool, the real (not padding) rows; `dinov2_jax.padding.valid_rows(U, n_masked)` for one prefix-padded
         buffer, or the concatenation of such masks for the per-device buffers of a batch.
       n_images: number of global-crop images 2B (static), the official `student_masks_flat.shape[0]`.
     Returns: scalar float32.
