@@ -54,18 +54,14 @@ def make_attention_fn(model, block: int = -1):
     """Jitted `images [B, H, W, 3] -> {"attention" [B, heads, h, w], "register_attention" [B, heads, R],
     "patch_tokens" [B, N, D]}`: the cls token's attention in `block` (explicit-softmax path,
     `get_cls_attention_maps`) and the output patch tokens (after the final norm)."""
-    from flax import nnx
+    from dinov2_jax.pretrained import jit_module
 
-    graphdef, state = nnx.split(model)
-
-    @jax.jit
-    def fn(state, images):
-        m = nnx.merge(graphdef, state)
+    def fn(m, images):
         maps = m.get_cls_attention_maps(images, block)
         return {"attention": maps["patches"], "register_attention": maps["registers"],
                 "patch_tokens": m.forward_features(images)["x_norm_patchtokens"]}
 
-    return lambda images: fn(state, images)
+    return jit_module(model, fn)
 
 
 def attention_maps(model, images, *, block: int = -1, batch_size: int = 32) -> dict:

@@ -57,13 +57,9 @@ def load_classifier(name: str, weights: str | None = None, head: str | None = No
 
 def make_classify_fn(classifier: LinearClassifier):
     """Jitted images [B, H, W, 3] -> logits [B, C] (float32)."""
-    graphdef, state = nnx.split(classifier)
+    from dinov2_jax.pretrained import jit_module
 
-    @jax.jit
-    def fn(state, images):
-        return nnx.merge(graphdef, state)(images).astype("float32")
-
-    return lambda images: fn(state, images)
+    return jit_module(classifier, lambda m, images: m(images).astype("float32"))
 
 
 def classify_folder(classifier: LinearClassifier, images_dir: str, *, batch_size: int = 32,

@@ -91,15 +91,10 @@ def fit_head(head, batches, loss_fn, *, iters: int, batch_size: int, lr: float, 
 
 def make_frozen_feature_fn(backbone, feature_fn):
     """Jitted images [B, H, W, 3] -> feature_fn(backbone, images) (float32), backbone frozen."""
-    from flax import nnx
+    from dinov2_jax.pretrained import jit_module
 
-    graphdef, state = nnx.split(backbone)
-
-    @jax.jit
-    def fn(state, images):
-        return jax.tree.map(lambda a: a.astype("float32"), feature_fn(nnx.merge(graphdef, state), images))
-
-    return lambda images: jax.device_get(fn(state, images))
+    fn = jit_module(backbone, lambda m, images: jax.tree.map(lambda a: a.astype("float32"), feature_fn(m, images)))
+    return lambda images: jax.device_get(fn(images))
 
 
 def batched(fn, images: np.ndarray, batch_size: int):
