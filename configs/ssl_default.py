@@ -14,7 +14,9 @@ def get_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
 
     c.MODEL = ml_collections.ConfigDict()
-    c.MODEL.WEIGHTS = ""  # resume/initialise from this checkpoint dir (official: fvcore weights path)
+    # a new run (no checkpoint in train.output_dir yet) initialises student and teacher from these weights;
+    # optimizer state and iteration start fresh (official: fvcore weights path)
+    c.MODEL.WEIGHTS = ""
 
     # Official: fp16 FSDP MixedPrecision + a gradient scaler. JAX (dinov2_jax/train/precision.py):
     # params, optimizer state, EMA, centers and losses float32; forward/backward in `compute_dtype`
@@ -115,7 +117,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.crops.local_crops_size = 96
     # JAX extra: color jitter / grayscale / blur / solarize / normalise on the accelerator (the host only
     # decodes, crops and flips; uint8 crops + sampled params travel). Same draws as the host path; see
-    # README "Data". For GPU/TPU runs whose host CPUs limit images/s.
+    # docs/data.md. For GPU/TPU runs whose host CPUs limit images/s.
     c.crops.photometric_on_device = False
     # Effective blur probabilities of (global crop 1, global crop 2, local crops) and the solarize probability
     # of global crop 2. Official DINOv2 passes p=1.0/0.1/0.5 to a wrapper that applies the blur with 1 - p

@@ -325,7 +325,7 @@ def add_eval_cli_args(p, *, default_batch_size: int, batch_help: str | None = No
                    help="evaluate on an evenly spaced subset of this many images per split")
     p.add_argument("--num-workers", type=int, default=0, help="image decoding worker processes")
     p.add_argument("--distributed", action="store_true",
-                   help="join a multi-process job (launch/local_multiprocess.py, SLURM, TPU pod: see README "
+                   help="join a multi-process job (launch/local_multiprocess.py, SLURM, TPU pod: see docs/scaling.md "
                         "Multi-host launch): each process reads its share of the images, features are "
                         "gathered once, process 0 writes the results")
 
