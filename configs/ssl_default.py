@@ -1,7 +1,8 @@
-"""Default DINOv2 SSL config: every key of the official `ssl_default_config.yaml`.
+"""Default DINOv2 SSL config: every key of the official `ssl_default_config.yaml` that the official code reads.
 
 Names and values follow the official file (dinov2@b8931f7). Keys that only make sense for PyTorch
-FSDP are replaced by their JAX meaning (see `compute_precision`, `mesh`). Other configs start from
+FSDP are replaced by their JAX meaning (see `compute_precision`, `mesh`). The official `train.saveckp_freq`
+and `train.cache_dataset` are left out: nothing reads them there either (`dinov2_jax.config.UNREAD_OFFICIAL_KEYS`). Other configs start from
 `get_config()` here and override what the official train yamls override.
 
 Usage: `python -m dinov2_jax.train --config configs/ssl_default.py --config.optim.base_lr=0.002`.
@@ -13,7 +14,9 @@ def get_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
 
     c.MODEL = ml_collections.ConfigDict()
-    c.MODEL.WEIGHTS = ""  # resume/initialise from this checkpoint dir (official: fvcore weights path)
+    # a new run (no checkpoint in train.output_dir yet) initialises student and teacher from these weights;
+    # optimizer state and iteration start fresh (official: fvcore weights path)
+    c.MODEL.WEIGHTS = ""
 
     # Official: fp16 FSDP MixedPrecision + a gradient scaler. JAX (dinov2_jax/train/precision.py):
     # params, optimizer state, EMA, centers and losses float32; forward/backward in `compute_dtype`
@@ -47,11 +50,9 @@ def get_config() -> ml_collections.ConfigDict:
     # "tfds:NAME:SPLIT[:DATA_DIR]" (array_record, no TensorFlow needed), or "demo" (built in).
     c.train.dataset_path = "folder:/path/to/imagenet/train"
     c.train.output_dir = "."
-    c.train.saveckp_freq = 20  # unused, as in the official code
     c.train.seed = 0
     c.train.num_workers = 10  # grain worker processes per host
     c.train.OFFICIAL_EPOCH_LENGTH = 1250
-    c.train.cache_dataset = True  # unused, as in the official code
     c.train.centering = "centering"  # or "sinkhorn_knopp"
     # JAX trainer extras
     c.train.checkpoint_period = 3 * 1250  # official PeriodicCheckpointer period (iterations)
@@ -116,7 +117,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.crops.local_crops_size = 96
     # JAX extra: color jitter / grayscale / blur / solarize / normalise on the accelerator (the host only
     # decodes, crops and flips; uint8 crops + sampled params travel). Same draws as the host path; see
-    # README "Data". For GPU/TPU runs whose host CPUs limit images/s.
+    # docs/data.md. For GPU/TPU runs whose host CPUs limit images/s.
     c.crops.photometric_on_device = False
     # Effective blur probabilities of (global crop 1, global crop 2, local crops) and the solarize probability
     # of global crop 2. Official DINOv2 passes p=1.0/0.1/0.5 to a wrapper that applies the blur with 1 - p

@@ -50,11 +50,22 @@ def flat_keys(cfg: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
     return keys
 
 
+# Keys of the official ssl_default_config.yaml that no official code reads; our configs leave them out and
+# an override of one says why instead of suggesting look-alike keys.
+UNREAD_OFFICIAL_KEYS = {
+    "train.saveckp_freq": "checkpoints are written every train.checkpoint_period iterations",
+    "train.cache_dataset": "images are always read from train.dataset_path as they are needed",
+}
+
+
 def check_key(cfg: ml_collections.ConfigDict, key: str) -> None:
     """Raises ConfigKeyError naming `key` and its closest matches if `cfg` has no leaf `key`."""
     keys = flat_keys(cfg)
     if key in keys:
         return
+    if key in UNREAD_OFFICIAL_KEYS:
+        raise ConfigKeyError(f"config key {key!r} is in the official ssl_default_config.yaml, but the official "
+                             f"code never reads it, so dinov2_jax has no such key: {UNREAD_OFFICIAL_KEYS[key]}.")
     close = difflib.get_close_matches(key, keys, n=3, cutoff=0.6)
     if not close:  # also try matching the last component alone (e.g. `optim.baselr` -> `base_lr`)
         last = key.split(".")[-1]

@@ -28,24 +28,10 @@ import sys
 import jax
 import numpy as np
 
+from dinov2_jax.data.sources import list_images
+from dinov2_jax.padding import pad_rows
+
 logger = logging.getLogger("dinov2_jax.extract")
-
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
-
-
-def list_images(root: str) -> list[str]:
-    """Image files under `root` (recursive), as sorted paths relative to root."""
-    if not os.path.isdir(root):
-        raise FileNotFoundError(f"--images {root!r} is not a directory")
-    out = []
-    for dirpath, _, files in os.walk(root):
-        for f in files:
-            if f.lower().endswith(IMAGE_EXTENSIONS):
-                out.append(os.path.relpath(os.path.join(dirpath, f), root))
-    if not out:
-        raise FileNotFoundError(f"no image files ({', '.join(IMAGE_EXTENSIONS)}) under {root!r}")
-    return sorted(out)
-
 
 def load_image(path: str, image_size: int = 224, resize_size: int | None = None) -> np.ndarray:
     """Path -> eval-transformed float32 [image_size, image_size, 3] (decoded as the data sources do,
@@ -68,18 +54,14 @@ def make_attention_fn(model, block: int = -1):
     """Jitted `images [B, H, W, 3] -> {"attention" [B, heads, h, w], "register_attention" [B, heads, R],
     "patch_tokens" [B, N, D]}`: the cls token's attention in `block` (explicit-softmax path,
     `get_cls_attention_maps`) and the output patch tokens (after the final norm)."""
-    from flax import nnx
+    from dinov2_jax.pretrained import jit_module
 
-    graphdef, state = nnx.split(model)
-
-    @jax.jit
-    def fn(state, images):
-        m = nnx.merge(graphdef, state)
+    def fn(m, images):
         maps = m.get_cls_attention_maps(images, block)
         return {"attention": maps["patches"], "register_attention": maps["registers"],
                 "patch_tokens": m.forward_features(images)["x_norm_patchtokens"]}
 
-    return lambda images: fn(state, images)
+    return jit_module(model, fn)
 
 
 def attention_maps(model, images, *, block: int = -1, batch_size: int = 32) -> dict:
@@ -138,8 +120,7 @@ def extract_folder(model, images_dir: str, *, batch_size: int = 32, image_size: 
         kept.extend(names)
         batch = np.stack(loaded)
         n = len(names)
-        if n < batch_size:  # pad: one compiled shape for every batch
-            batch = np.concatenate([batch, np.zeros((batch_size - n,) + batch.shape[1:], batch.dtype)])
+        batch = pad_rows(batch, batch_size)  # one compiled shape for every batch
         out = jax.device_get(fn(batch))
         cls.append(np.asarray(out["cls"][:n], np.float32))
         regs.append(np.asarray(out["register_tokens"][:n], np.float32))
@@ -218,8 +199,7 @@ def classify_folder(model, head_path: str, images_dir: str, *, batch_size: int =
         batch = np.stack([load_image(os.path.join(images_dir, f), image_size, head.resize_size * image_size
                                      // head.image_size) for f in names])
         n = len(names)
-        if n < batch_size:  # pad: one compiled shape for every batch
-            batch = np.concatenate([batch, np.zeros((batch_size - n,) + batch.shape[1:], batch.dtype)])
+        batch = pad_rows(batch, batch_size)  # one compiled shape for every batch
         logits.append(linear_head_logits(head, jax.device_get(fn(batch)))[:n])
     logits = np.concatenate(logits).astype(np.float32)
     best = logits.argmax(axis=1)

@@ -57,13 +57,9 @@ def load_classifier(name: str, weights: str | None = None, head: str | None = No
 
 def make_classify_fn(classifier: LinearClassifier):
     """Jitted images [B, H, W, 3] -> logits [B, C] (float32)."""
-    graphdef, state = nnx.split(classifier)
+    from dinov2_jax.pretrained import jit_module
 
-    @jax.jit
-    def fn(state, images):
-        return nnx.merge(graphdef, state)(images).astype("float32")
-
-    return lambda images: fn(state, images)
+    return jit_module(classifier, lambda m, images: m(images).astype("float32"))
 
 
 def classify_folder(classifier: LinearClassifier, images_dir: str, *, batch_size: int = 32,
@@ -72,7 +68,8 @@ def classify_folder(classifier: LinearClassifier, images_dir: str, *, batch_size
 
     files: relative paths to classify (default: every image under images_dir, sorted)."""
     from dinov2_jax.eval.dense import batched
-    from dinov2_jax.extract import list_images, load_image
+    from dinov2_jax.data.sources import list_images
+    from dinov2_jax.extract import load_image
 
     files = list(files) if files is not None else list_images(images_dir)
     fn = make_classify_fn(classifier)

@@ -5,7 +5,7 @@ from PIL import Image
 
 from dinov2_jax import extract, hub, visualize
 from dinov2_jax.data.augmentations import eval_transform
-from test_extract import make_images, tiny_model  # tests/ is on sys.path
+from helpers import tiny_vit, write_object_images  # tests/ is on sys.path
 
 
 def test_mass_mask_small_case_and_properties():
@@ -65,8 +65,8 @@ def test_attention_picture_panels(tmp_path):
 
 
 def test_extract_cli_attention_png(tmp_path, monkeypatch, capsys):
-    names = make_images(tmp_path / "imgs", n=3)
-    model = tiny_model()  # 2 heads, 2 registers, 14-pixel patches
+    names = write_object_images(tmp_path / "imgs", n=3)
+    model = tiny_vit(img_size=42, num_register_tokens=2)  # 2 heads, 2 registers, 14-pixel patches
     monkeypatch.setattr(hub, "load_for_eval", lambda *a, **k: model)
     png = tmp_path / "att.png"
     argv = ["--images", str(tmp_path / "imgs"), "--out", str(tmp_path / "f.npz"), "--image-size", "56",

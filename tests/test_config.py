@@ -36,6 +36,15 @@ def test_unknown_key_names_key_and_close_matches():
         load("ssl_default.py", ["teacher.momentum=0.9"])
 
 
+def test_unknown_section_and_unread_official_keys_are_clear_errors():
+    with pytest.raises(KeyError, match="unknown config key 'foo.bar'"):
+        load("ssl_default.py", ["foo.bar=1"])
+    for key in config_lib.UNREAD_OFFICIAL_KEYS:  # official yaml keys no official code reads: left out, said so
+        assert key not in config_lib.flat_keys(load("ssl_default.py"))
+        with pytest.raises(KeyError, match=f"'{key}' is in the official ssl_default_config.yaml.*never reads it"):
+            load("ssl_default.py", [f"{key}=1"])
+
+
 def test_scaling_rule_applied_once():
     cfg = load("vitl16_short.py")
     fin = config_lib.finalize_config(cfg, world_size=32)  # 32 x 64 = 2048 images

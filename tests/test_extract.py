@@ -1,37 +1,16 @@
 """Feature extraction CLI on a few generated images with a tiny model: shapes, names, values, PCA png."""
 import numpy as np
 import pytest
-from flax import nnx
 from PIL import Image
 
 from dinov2_jax import extract, hub
 from dinov2_jax.data.augmentations import eval_transform
-from dinov2_jax.models.vision_transformer import DinoVisionTransformer
-
-
-def tiny_model(registers=2):
-    return DinoVisionTransformer(img_size=42, patch_size=14, embed_dim=32, depth=2, num_heads=2,
-                                 init_values=1.0, num_register_tokens=registers, rngs=nnx.Rngs(0))
-
-
-def make_images(root, n=5):
-    rng = np.random.default_rng(0)
-    (root / "sub").mkdir(parents=True)
-    names = []
-    for i in range(n):
-        h, w = rng.integers(50, 90, 2)
-        im = np.zeros((h, w, 3), np.uint8) + rng.integers(0, 60, 3).astype(np.uint8)
-        im[h // 4 : 3 * h // 4, w // 4 : 3 * w // 4] = rng.integers(150, 255, 3)  # a bright "object"
-        name = f"img{i}.png" if i % 2 else f"sub/img{i}.jpg"
-        Image.fromarray(im).save(root / name)
-        names.append(name)
-    (root / "notes.txt").write_text("not an image")
-    return sorted(names)
+from helpers import tiny_vit, write_object_images  # tests/ is on sys.path
 
 
 def test_extract_cli_outputs_and_pca(tmp_path, monkeypatch):
-    names = make_images(tmp_path / "imgs")
-    model = tiny_model()
+    names = write_object_images(tmp_path / "imgs")
+    model = tiny_vit(img_size=42, num_register_tokens=2)
     monkeypatch.setattr(hub, "load_for_eval", lambda *a, **k: model)
     out, png = tmp_path / "o" / "feats.npz", tmp_path / "pca.png"
     assert extract.main(["--images", str(tmp_path / "imgs"), "--out", str(out), "--batch-size", "2",
@@ -54,15 +33,12 @@ def test_extract_cli_outputs_and_pca(tmp_path, monkeypatch):
 
 
 def test_extract_without_patch_tokens_and_bad_size(tmp_path):
-    make_images(tmp_path / "imgs", n=3)
-    res = extract.extract_folder(tiny_model(registers=0), str(tmp_path / "imgs"), batch_size=8, image_size=28,
+    write_object_images(tmp_path / "imgs", n=3)
+    res = extract.extract_folder(tiny_vit(img_size=42), str(tmp_path / "imgs"), batch_size=8, image_size=28,
                                  progress=False)
     assert sorted(res) == ["cls", "files"] and res["cls"].shape == (3, 32)
     with pytest.raises(ValueError, match="multiple of the patch size 14"):
-        extract.extract_folder(tiny_model(), str(tmp_path / "imgs"), image_size=30, progress=False)
-    (tmp_path / "empty").mkdir()
-    with pytest.raises(FileNotFoundError, match="no image files"):
-        extract.list_images(str(tmp_path / "empty"))
+        extract.extract_folder(tiny_vit(img_size=42, num_register_tokens=2), str(tmp_path / "imgs"), image_size=30, progress=False)
 
 
 def test_extract_cli_with_converted_weights(tmp_path):
@@ -75,7 +51,7 @@ def test_extract_cli_with_converted_weights(tmp_path):
     z = np.load(os.path.join(os.path.dirname(__file__), "eval", "fixtures", "tiny_official_vit.npz"))
     torch.save({k[3:]: torch.from_numpy(z[k]) for k in z.files if k.startswith("sd/")}, tmp_path / "t.pth")
     assert convert.main([str(tmp_path / "t.pth"), str(tmp_path / "conv"), "--set", "num_heads=2"]) == 0
-    make_images(tmp_path / "imgs", n=3)
+    write_object_images(tmp_path / "imgs", n=3)
     out = tmp_path / "f.npz"
     assert extract.main(["--weights", str(tmp_path / "conv"), "--images", str(tmp_path / "imgs"),
                          "--out", str(out), "--image-size", "56", "--patch-tokens"]) == 0

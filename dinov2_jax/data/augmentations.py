@@ -25,6 +25,8 @@ import numpy as np
 from PIL import Image, ImageEnhance, ImageOps
 from scipy.ndimage import correlate1d
 
+from dinov2_jax.data.sources import to_pil_rgb
+
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
 
@@ -39,26 +41,6 @@ HFLIP_PROB = 0.5
 BLUR_KERNEL_SIZE = 9
 BLUR_SIGMA = (0.1, 2.0)
 JITTER = dict(brightness=0.4, contrast=0.4, saturation=0.2, hue=0.1)
-
-
-def to_pil_rgb(image) -> Image.Image:
-    """PIL image (any mode) or uint8 array [H, W] / [H, W, 3|4] -> PIL RGB image."""
-    if isinstance(image, Image.Image):
-        return image if image.mode == "RGB" else image.convert("RGB")
-    arr = np.asarray(image)
-    if arr.dtype != np.uint8:
-        raise TypeError(f"expected a PIL image or a uint8 array, got an array of dtype {arr.dtype}; "
-                        "convert with np.clip(x, 0, 255).astype(np.uint8) first")
-    if arr.ndim == 3 and arr.shape[-1] == 1:
-        arr = arr[..., 0]
-    if arr.ndim == 2:
-        return Image.fromarray(arr, "L").convert("RGB")
-    if arr.ndim == 3 and arr.shape[-1] in (3, 4):
-        return Image.fromarray(np.ascontiguousarray(arr[..., :3]), "RGB")
-    raise ValueError(f"expected an image array [H, W] or [H, W, 3|4], got shape {arr.shape}")
-
-
-# ----------------------------------------------------------------------------- geometric ops
 
 
 def sample_resized_crop_params(rng: np.random.Generator, width: int, height: int,

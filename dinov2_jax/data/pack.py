@@ -28,11 +28,8 @@ import os
 import sys
 import time
 
-import numpy as np
-from PIL import Image
-
 from dinov2_jax.data.shards import FORMAT, MANIFEST, encode_record, load_manifest
-from dinov2_jax.data.sources import TfdsSource, decode_image, make_source, to_rgb_pil
+from dinov2_jax.data.sources import TfdsSource, decode_image, make_source, to_pil_rgb
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +58,7 @@ def encoded_item(src, i: int) -> tuple[bytes, int, str]:
     if sample is None:
         raise ValueError("the source could not decode this item")
     img, label = sample
-    img = img if isinstance(img, Image.Image) else to_rgb_pil(np.asarray(img))
+    img = to_pil_rgb(img)
     buf = io.BytesIO()
     img.save(buf, "PNG")
     return buf.getvalue(), int(label), f"{type(src).__name__}[{i}]"

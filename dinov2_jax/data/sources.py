@@ -31,7 +31,8 @@ from PIL import Image
 
 logger = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")
+# Matched in any letter case; every one decodes with PIL.
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm", ".pgm")
 
 
 class SkippedCounter:
@@ -71,6 +72,25 @@ def decode_image(data) -> Image.Image:
         return img.convert("RGB")
 
 
+def to_pil_rgb(image) -> Image.Image:
+    """PIL image (any mode) or array [H, W] / [H, W, 1|3|4] (uint8, or bool masks as 0 / 255) -> PIL RGB."""
+    if isinstance(image, Image.Image):
+        return image if image.mode == "RGB" else image.convert("RGB")
+    arr = np.asarray(image)
+    if arr.dtype == bool:
+        arr = arr.astype(np.uint8) * 255
+    if arr.dtype != np.uint8:
+        raise TypeError(f"expected a PIL image or a uint8 array, got an array of dtype {arr.dtype}; "
+                        "convert with np.clip(x, 0, 255).astype(np.uint8) first")
+    if arr.ndim == 3 and arr.shape[-1] == 1:
+        arr = arr[..., 0]
+    if arr.ndim == 2:
+        return Image.fromarray(arr, "L").convert("RGB")
+    if arr.ndim == 3 and arr.shape[-1] in (3, 4):
+        return Image.fromarray(np.ascontiguousarray(arr[..., :3]), "RGB")
+    raise ValueError(f"expected an image array [H, W] or [H, W, 1|3|4], got shape {arr.shape}")
+
+
 def _is_image(name: str) -> bool:
     return name.lower().endswith(IMAGE_EXTENSIONS)
 
@@ -94,6 +114,16 @@ def _walk_images(root: str, visited: set[str] | None = None) -> list[str]:
             keep.append(d)
         dirnames[:] = keep
         out.extend(os.path.join(dirpath, f) for f in sorted(filenames) if _is_image(f))
+    return out
+
+
+def list_images(root: str) -> list[str]:
+    """Image files under `root` (recursive, symlinked folders entered once), as sorted paths relative to root."""
+    if not os.path.isdir(root):
+        raise FileNotFoundError(f"image folder {root!r} does not exist or is not a directory")
+    out = sorted(os.path.relpath(p, root) for p in _walk_images(root))
+    if not out:
+        raise FileNotFoundError(f"no image files ({', '.join(IMAGE_EXTENSIONS)}, any case) under {root!r}")
     return out
 
 
@@ -315,7 +345,7 @@ class DemoSource:
         if self._images is None:
             import skimage.data
 
-            self._images = [to_rgb_pil(getattr(skimage.data, n)()) for n in DEMO_CLASSES]
+            self._images = [to_pil_rgb(getattr(skimage.data, n)()) for n in DEMO_CLASSES]
         return self._images[c]
 
     def __len__(self) -> int:
@@ -336,15 +366,6 @@ class DemoSource:
         if rng.random() < 0.5:
             crop = crop.transpose(Image.FLIP_LEFT_RIGHT)
         return np.asarray(crop), c
-
-
-def to_rgb_pil(arr: np.ndarray) -> Image.Image:
-    arr = np.asarray(arr)
-    if arr.dtype == bool:
-        arr = arr.astype(np.uint8) * 255
-    if arr.ndim == 2:
-        return Image.fromarray(arr, "L").convert("RGB")
-    return Image.fromarray(np.ascontiguousarray(arr[..., :3]), "RGB")
 
 
 def make_source(spec: str):

@@ -11,6 +11,7 @@ import numpy as np
 from PIL import Image
 
 from dinov2_jax.data.augmentations import normalize
+from dinov2_jax.padding import pad_rows
 
 logger = logging.getLogger("dinov2_jax.eval.dense")
 
@@ -30,7 +31,7 @@ def load_model(args):
 
 def match_pairs(image_dir: str, target_dir: str, stems=None, target_ext: str = ".png") -> list[tuple[str, str]]:
     """(image, target) paths paired by file stem; stems (optional list) selects and orders them."""
-    from dinov2_jax.extract import list_images
+    from dinov2_jax.data.sources import list_images
 
     for d in (image_dir, target_dir):
         if not os.path.isdir(d):
@@ -90,15 +91,10 @@ def fit_head(head, batches, loss_fn, *, iters: int, batch_size: int, lr: float, 
 
 def make_frozen_feature_fn(backbone, feature_fn):
     """Jitted images [B, H, W, 3] -> feature_fn(backbone, images) (float32), backbone frozen."""
-    from flax import nnx
+    from dinov2_jax.pretrained import jit_module
 
-    graphdef, state = nnx.split(backbone)
-
-    @jax.jit
-    def fn(state, images):
-        return jax.tree.map(lambda a: a.astype("float32"), feature_fn(nnx.merge(graphdef, state), images))
-
-    return lambda images: jax.device_get(fn(state, images))
+    fn = jit_module(backbone, lambda m, images: jax.tree.map(lambda a: a.astype("float32"), feature_fn(m, images)))
+    return lambda images: jax.device_get(fn(images))
 
 
 def batched(fn, images: np.ndarray, batch_size: int):
@@ -107,9 +103,7 @@ def batched(fn, images: np.ndarray, batch_size: int):
     for s in range(0, len(images), batch_size):
         b = images[s:s + batch_size]
         n = len(b)
-        if n < batch_size:
-            b = np.concatenate([b, np.zeros((batch_size - n,) + b.shape[1:], b.dtype)])
-        outs.append(jax.tree.map(lambda a: np.asarray(a)[:n], fn(b)))
+        outs.append(jax.tree.map(lambda a: np.asarray(a)[:n], fn(pad_rows(b, batch_size))))
     return jax.tree.map(lambda *a: np.concatenate(a), *outs)
 
 

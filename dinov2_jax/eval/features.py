@@ -239,8 +239,9 @@ def classification_train_transform(image, rng: np.random.Generator, crop_size: i
     """Official linear-probe train transform: RandomResizedCrop(crop_size, scale, bicubic), horizontal
     flip p=0.5, ImageNet normalisation -> float32 [crop_size, crop_size, 3]."""
     from dinov2_jax.data import augmentations as aug
+    from dinov2_jax.data.sources import to_pil_rgb
 
-    img = aug.to_pil_rgb(image)
+    img = to_pil_rgb(image)
     top, left, h, w = aug.sample_resized_crop_params(rng, img.width, img.height, scale)
     img = aug.resized_crop(img, top, left, h, w, crop_size)
     if rng.random() < 0.5:
@@ -324,7 +325,7 @@ def add_eval_cli_args(p, *, default_batch_size: int, batch_help: str | None = No
                    help="evaluate on an evenly spaced subset of this many images per split")
     p.add_argument("--num-workers", type=int, default=0, help="image decoding worker processes")
     p.add_argument("--distributed", action="store_true",
-                   help="join a multi-process job (launch/local_multiprocess.py, SLURM, TPU pod: see README "
+                   help="join a multi-process job (launch/local_multiprocess.py, SLURM, TPU pod: see docs/scaling.md "
                         "Multi-host launch): each process reads its share of the images, features are "
                         "gathered once, process 0 writes the results")
 

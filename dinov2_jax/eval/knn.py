@@ -29,18 +29,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from dinov2_jax.eval.features import add_eval_cli_args, load_cli_model
+from dinov2_jax.models.layers.norm import l2_normalize
+from dinov2_jax.padding import pad_rows, valid_rows
 
 logger = logging.getLogger("dinov2_jax.eval.knn")
 
 DEFAULT_NB_KNN = (10, 20, 100, 200)
 DEFAULT_TEMPERATURE = 0.07
-
-
-def l2_normalize(x, eps: float = 1e-12):
-    """`x [N, D]` -> `x / max(||x||_2, eps)` row-wise, as torch `F.normalize(p=2, dim=1)`."""
-    x = jnp.asarray(x, jnp.float32)
-    norm = jnp.linalg.norm(x, axis=-1, keepdims=True)
-    return x / jnp.maximum(norm, eps)
 
 
 class TrainIndex(NamedTuple):
@@ -61,10 +56,9 @@ def build_train_index(train_features, train_labels, chunk_size: int = 4096) -> T
         raise ValueError(f"train features {feats.shape} and labels {labels.shape} must be [T, D] and [T], T > 0")
     chunk = min(chunk_size, n)
     n_chunks = -(-n // chunk)
-    pad = n_chunks * chunk - n  # padding rows: zero features, label -1, masked to -inf similarity
-    feats = np.concatenate([feats, np.zeros((pad, feats.shape[1]), np.float32)])
-    labels = np.concatenate([labels, np.full(pad, -1, np.int32)])
-    valid = np.arange(n_chunks * chunk) < n
+    # padding rows: zero features, label -1, masked to -inf similarity
+    feats, labels = pad_rows(feats, n_chunks * chunk), pad_rows(labels, n_chunks * chunk, fill=-1)
+    valid = valid_rows(n_chunks * chunk, n)
     return TrainIndex(jnp.asarray(feats.reshape(n_chunks, chunk, -1)), jnp.asarray(labels.reshape(n_chunks, chunk)),
                       jnp.asarray(valid.reshape(n_chunks, chunk)), n)
 
@@ -178,7 +172,7 @@ def _knn_hits(index: TrainIndex, val_n, val_labels, ks, temperatures, num_classe
         y = val_labels[start : start + query_batch]
         q = val_n[start : start + query_batch]
         if len(q) < query_batch and len(val_labels) > query_batch:  # pad: one compiled shape
-            q = np.concatenate([q, np.zeros((query_batch - len(q), q.shape[1]), np.float32)])
+            q = pad_rows(q, query_batch)
         sims, labs = knn_search(q, index, k=max(ks))  # one search serves every k and temperature
         for t in temperatures:
             probas = knn_vote(sims[: len(y)], labs[: len(y)], ks, t, num_classes)
@@ -237,8 +231,8 @@ def knn_classify(
         raise ValueError(f"temperatures must be > 0, got {temperatures}")
     if num_classes is None:
         num_classes = int(train_labels.max()) + 1
-    train_n = np.asarray(l2_normalize(train_features))
-    val_n = np.asarray(l2_normalize(val_features))
+    train_n = np.asarray(l2_normalize(jnp.asarray(train_features, jnp.float32)))
+    val_n = np.asarray(l2_normalize(jnp.asarray(val_features, jnp.float32)))
     n = len(val_labels)
     results = {}
     for npc in n_per_class_list:

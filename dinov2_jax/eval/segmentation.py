@@ -28,7 +28,6 @@ import os
 import sys
 from functools import partial
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -158,15 +157,14 @@ def evaluate_pairs(predict_batch, pairs, load_pair, num_classes: int, batch_size
 def make_slide_predictor(backbone, head: SegmentationHead, n_layers: int, crop: int, stride: int):
     """-> predict(images [N, H, W, 3]) -> labels [N, H, W] by sliding windows (crop x crop through backbone +
     head, logits upsampled to the window and averaged where windows overlap). Compiled once per window count."""
-    graphdef, state = nnx.split((backbone, head))
+    from dinov2_jax.pretrained import jit_module
 
-    @jax.jit
-    def fn(state, x):
-        bb, hd = nnx.merge(graphdef, state)
+    def window_logits(modules, x):
+        bb, hd = modules
         return resize_bilinear(hd(patch_features(bb, x, n_layers)), x.shape[1:3])
 
-    return lambda images: np.stack([np.argmax(slide_logits(lambda x: fn(state, x), im, crop, stride), -1)
-                                    for im in images])
+    fn = jit_module((backbone, head), window_logits)
+    return lambda images: np.stack([np.argmax(slide_logits(fn, im, crop, stride), -1) for im in images])
 
 
 def tta_probabilities(logits_fn, image, ratios=(1.0,), flip: bool = False) -> np.ndarray:

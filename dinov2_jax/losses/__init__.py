@@ -10,10 +10,10 @@ from dinov2_jax.losses.centering import (
     softmax_centered,
 )
 from dinov2_jax.losses.dino_loss import dino_loss
-from dinov2_jax.losses.ibot_loss import ibot_masked_loss, valid_rows
+from dinov2_jax.losses.ibot_loss import ibot_masked_loss
 from dinov2_jax.losses.koleo_loss import koleo_loss
 
 __all__ = [
     "CenterState", "apply_pending", "dino_batch_center", "ibot_batch_center", "init_center_state", "set_pending",
-    "sinkhorn_knopp", "softmax_centered", "dino_loss", "ibot_masked_loss", "valid_rows", "koleo_loss",
+    "sinkhorn_knopp", "softmax_centered", "dino_loss", "ibot_masked_loss", "koleo_loss",
 ]

@@ -6,7 +6,8 @@ batch mean; the caller divides by the number of terms, as the official `SSLMetaA
 import jax
 import jax.numpy as jnp
 
-STUDENT_TEMP = 0.1  # official DINOLoss default; not in the config
+# The official DINOLoss and iBOTPatchLoss both default to 0.1 and the official configs never set it.
+STUDENT_TEMP = 0.1
 
 
 def dino_loss(student_logits: jax.Array, teacher_probs: jax.Array, student_temp: float = STUDENT_TEMP) -> jax.Array:

@@ -8,12 +8,7 @@ image); the sum is divided by the number of global-crop images 2B (masked or not
 import jax
 import jax.numpy as jnp
 
-STUDENT_TEMP = 0.1
-
-
-def valid_rows(upperbound: int, n_masked: jax.Array) -> jax.Array:
-    """`[upperbound]` bool, True for the first `n_masked` rows of the padded buffer."""
-    return jnp.arange(upperbound) < n_masked
+from dinov2_jax.losses.dino_loss import STUDENT_TEMP
 
 
 def ibot_masked_loss(
@@ -30,7 +25,7 @@ def ibot_masked_loss(
       student_logits: `[U, K]` student head outputs of the padded masked-token buffer (U = upperbound).
       teacher_probs: `[U, K]` teacher targets for the same rows (padded rows may hold anything finite).
       masks_weight: `[U]` 1/n_i per valid row (padding ignored).
-      valid: `[U]` bool, the real (not padding) rows; `valid_rows(U, n_masked)` for one prefix-padded
+      valid: `[U]` bool, the real (not padding) rows; `dinov2_jax.padding.valid_rows(U, n_masked)` for one prefix-padded
         buffer, or the concatenation of such masks for the per-device buffers of a batch.
       n_images: number of global-crop images 2B (static), the official `student_masks_flat.shape[0]`.
     Returns: scalar float32.

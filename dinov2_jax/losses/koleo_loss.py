@@ -7,14 +7,15 @@ that on a global batch: the rows are split into `num_groups` contiguous shards.
 import jax
 import jax.numpy as jnp
 
+from dinov2_jax.models.layers.norm import l2_normalize
+
 EPS = 1e-8
 
 
 def _koleo_single(x: jax.Array) -> jax.Array:
     """x `[n, D]` -> scalar."""
     n = x.shape[0]
-    # F.normalize: x / max(||x||, eps)
-    x = x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), EPS)
+    x = l2_normalize(x, EPS)  # official F.normalize(eps=1e-8)
     dots = x @ x.T
     dots = jnp.where(jnp.eye(n, dtype=bool), -1.0, dots)  # diagonal -1, exactly as the official trick
     # The neighbour index is a discrete choice: no gradient flows through it (as torch.max indices).

@@ -5,16 +5,7 @@ from flax import nnx
 
 from dinov2_jax.models.layers.init import torch_default_uniform, trunc_normal
 from dinov2_jax.models.layers.linear import Linear
-
-
-def l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
-    """torch `F.normalize(x, dim=-1, eps)`: x / max(||x||, eps), float32 math."""
-    xf = x.astype(jnp.float32)
-    sq = jnp.sum(xf * xf, axis=-1, keepdims=True)
-    # sqrt has an infinite derivative at 0 (NaN gradients for an all-zero row, e.g. a padded buffer
-    # row); torch's norm backward is 0 there, so take the sqrt of a safe value and zero it back.
-    n = jnp.where(sq > 0, jnp.sqrt(jnp.where(sq > 0, sq, 1.0)), 0.0)
-    return (xf / jnp.maximum(n, eps)).astype(x.dtype)
+from dinov2_jax.models.layers.norm import l2_normalize
 
 
 class DINOHead(nnx.Module):

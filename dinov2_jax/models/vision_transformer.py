@@ -24,13 +24,14 @@ from dinov2_jax.models.layers.pos_embed import interpolate_pos_embed
 logger = logging.getLogger(__name__)
 
 REMAT_POLICIES = ("none", "full", "dots")
-_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+# Compute dtypes by name (configs and CLIs name them; the model stores the name in `arch`).
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
 def _dtype_name(dtype) -> str:
     name = jnp.dtype(dtype).name
-    if name not in _DTYPES:
-        raise ValueError(f"Unsupported compute dtype {name!r}; use one of {tuple(_DTYPES)}.")
+    if name not in DTYPES:
+        raise ValueError(f"Unsupported compute dtype {name!r}; use one of {tuple(DTYPES)}.")
     return name
 
 
@@ -62,7 +63,7 @@ class DinoVisionTransformer(nnx.Module):
         if num_register_tokens < 0:
             raise ValueError(f"num_register_tokens must be >= 0, got {num_register_tokens}.")
         if isinstance(dtype, str):
-            dtype = _DTYPES[_dtype_name(dtype)]
+            dtype = DTYPES[_dtype_name(dtype)]
         self.arch = dict(
             img_size=img_size, patch_size=patch_size, in_chans=in_chans, embed_dim=embed_dim, depth=depth,
             num_heads=num_heads, mlp_ratio=float(mlp_ratio), qkv_bias=qkv_bias, ffn_bias=ffn_bias,

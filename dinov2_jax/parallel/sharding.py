@@ -33,6 +33,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from dinov2_jax.parallel.mesh import BATCH_AXES, batch_axis_size
+from dinov2_jax.tree_names import path_to_name
 
 log = logging.getLogger(__name__)
 
@@ -58,25 +59,6 @@ TENSOR_RULES: tuple[tuple[str, tuple[str | None, ...]], ...] = (
     (r"(^|\.)(dino|ibot)_head\.last_layer\.weight_v$", (None, "tensor")),
     (r"(^|\.)(dino|ibot)_head\.last_layer\.weight_g$", ("tensor",)),
 )
-
-
-def path_to_str(path: Sequence[Any]) -> str:
-    """Dotted name of a pytree key path; NNX's trailing `.value` is dropped."""
-    parts = []
-    for k in path:
-        if isinstance(k, jax.tree_util.DictKey):
-            parts.append(str(k.key))
-        elif isinstance(k, jax.tree_util.SequenceKey):
-            parts.append(str(k.idx))
-        elif isinstance(k, jax.tree_util.GetAttrKey):
-            parts.append(k.name)
-        elif isinstance(k, jax.tree_util.FlattenedIndexKey):
-            parts.append(str(k.key))
-        else:
-            parts.append(str(k))
-    if parts and parts[-1] in ("value", "raw_value"):
-        parts.pop()
-    return ".".join(parts)
 
 
 def _axis_size(mesh: Mesh | Mapping[str, int], name: str) -> int:
@@ -125,7 +107,7 @@ def param_specs(tree: Any, mesh: Mesh | Mapping[str, int], **kw) -> Any:
     """PartitionSpec for every leaf of `tree` (arrays, ShapeDtypeStructs, NNX state, optax state)."""
 
     def one(path, leaf):
-        return param_spec(path_to_str(path), np.shape(leaf), mesh, **kw)
+        return param_spec(path_to_name(path), np.shape(leaf), mesh, **kw)
 
     return jax.tree_util.tree_map_with_path(one, tree)
 
@@ -302,7 +284,7 @@ def describe(tree: Any, mesh: Mesh | Mapping[str, int], **kw) -> list[tuple[str,
     rows = []
 
     def one(path, leaf):
-        name = path_to_str(path)
+        name = path_to_name(path)
         rows.append((name, tuple(np.shape(leaf)), param_spec(name, np.shape(leaf), mesh, **kw)))
 
     jax.tree_util.tree_map_with_path(one, tree)

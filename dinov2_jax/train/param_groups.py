@@ -15,6 +15,8 @@ from typing import Any, Dict, NamedTuple
 
 import jax
 
+from dinov2_jax.tree_names import path_to_name
+
 _TOKEN_NAMES = ("pos_embed", "patch_embed", "mask_token", "cls_token", "register_tokens")
 _BLOCK_RE = re.compile(r"(?:^|\.)blocks\.(\d+)\.")
 
@@ -43,17 +45,6 @@ def param_multipliers(name: str, depth: int, lr_decay_rate: float, patch_embed_l
         lr_mult *= patch_embed_lr_mult
     no_wd = name.endswith(".bias") or name == "bias" or "norm" in name or "gamma" in name
     return ParamMultipliers(float(lr_mult), 0.0 if no_wd else 1.0, "last_layer" in name)
-
-
-def path_to_name(path) -> str:
-    """jax key path -> dotted name (`('blocks', 0, 'attn', ...)` -> `blocks.0.attn...`)."""
-    parts = []
-    for k in path:
-        for attr in ("key", "name", "idx"):
-            if hasattr(k, attr):
-                parts.append(str(getattr(k, attr)))
-                break
-    return ".".join(p for p in parts if p != "value")
 
 
 def build_param_multipliers(

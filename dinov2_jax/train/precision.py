@@ -26,9 +26,9 @@ import jax
 import jax.numpy as jnp
 
 from dinov2_jax.models.layers.attention import resolve_attn_impl
+from dinov2_jax.models.vision_transformer import DTYPES
 
 COMPUTE_DTYPES = ("auto", "float32", "bfloat16")
-_NAMED = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 def _platform(platform: str | None) -> str:
@@ -47,7 +47,7 @@ def resolve_compute_dtype(name: str, platform: str | None = None):
         raise ValueError(f"compute_precision.compute_dtype={name!r}; use one of {COMPUTE_DTYPES}")
     if name == "auto":
         return jnp.float32 if _platform(platform) == "cpu" else jnp.bfloat16
-    return _NAMED[name]
+    return DTYPES[name]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -35,6 +35,7 @@ from dinov2_jax.losses.ibot_loss import ibot_masked_loss
 from dinov2_jax.losses.koleo_loss import koleo_loss
 from dinov2_jax.models.config import ViTConfig
 from dinov2_jax.models.dino_head import DINOHead
+from dinov2_jax.padding import valid_rows
 from dinov2_jax.train.ema import ema_update
 from dinov2_jax.train.optimizer import apply_updates, clip_by_submodule, clip_per_parameter, make_adam
 from dinov2_jax.train.param_groups import ParamMultipliers, build_param_multipliers
@@ -369,7 +370,7 @@ def make_train_step(cfg, *, arch_overrides: Optional[Dict[str, Any]] = None,
         u = batch["mask_indices_list"].shape[1]
         n_masked = jnp.asarray(batch["n_masked_patches"], jnp.int32)
         batch = dict(batch, n_masked_patches=n_masked, mask_indices_list=batch["mask_indices_list"].astype(jnp.int32))
-        valid = (jnp.arange(u)[None, :] < n_masked[:, None]).reshape(-1)  # [G*U]
+        valid = valid_rows(u, n_masked).reshape(-1)  # [G*U]: each group's buffer has a valid prefix
 
         p_cls, p_patch, dino_c, ibot_c = teacher_targets(state, batch, hp["teacher_temp"], valid, G)
         rng, k_step = jax.random.split(state.rng)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dinov2_jax.data.sources import DemoSource, FolderSource, TfdsSource, make_source
+from dinov2_jax.data.sources import DemoSource, FolderSource, TfdsSource, list_images, make_source, to_pil_rgb
 
 
 def _save(path, seed, size=(20, 16), fmt=None):
@@ -169,3 +169,33 @@ def test_tfds_source_opens_without_builder_code(tfds_dir):
                          env={**os.environ, "PYTHONPATH": root})
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split()[-3:] == ["6", "12", "False"]
+
+
+def test_to_pil_rgb_modes_and_errors():
+    gray = np.arange(12, dtype=np.uint8).reshape(3, 4)
+    for x in (gray, gray[..., None], Image.fromarray(gray, "L")):
+        out = to_pil_rgb(x)
+        assert out.mode == "RGB" and out.size == (4, 3)
+        np.testing.assert_array_equal(np.asarray(out)[..., 1], gray)
+    rgba = np.zeros((3, 4, 4), np.uint8)
+    rgba[..., 0], rgba[..., 3] = 7, 9
+    np.testing.assert_array_equal(np.asarray(to_pil_rgb(rgba)), rgba[..., :3])  # alpha dropped
+    mask = np.array([[True, False]])
+    np.testing.assert_array_equal(np.asarray(to_pil_rgb(mask))[..., 0], [[255, 0]])
+    with pytest.raises(TypeError, match="uint8"):
+        to_pil_rgb(np.zeros((4, 4, 3), np.float32))
+    with pytest.raises(ValueError, match="shape"):
+        to_pil_rgb(np.zeros((4, 4, 2), np.uint8))
+
+
+def test_list_images_relative_sorted_any_case(tmp_path):
+    for name in ("b/x.PNG", "a.jpg", "b/c/y.tiff", "notes.txt"):
+        (tmp_path / "r" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "r" / name).write_bytes(b"")
+    os.symlink(tmp_path / "r" / "b", tmp_path / "r" / "link")  # a second path to b/: listed once
+    assert list_images(str(tmp_path / "r")) == ["a.jpg", "b/c/y.tiff", "b/x.PNG"]
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="no image files"):
+        list_images(str(tmp_path / "empty"))
+    with pytest.raises(FileNotFoundError, match="not a directory"):
+        list_images(str(tmp_path / "missing"))

@@ -9,6 +9,7 @@ import pytest
 
 from dinov2_jax import hub
 from dinov2_jax.eval import knn
+from dinov2_jax.models.layers.norm import l2_normalize
 
 torch = pytest.importorskip("torch")
 FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "tiny_official_vit.npz")
@@ -31,7 +32,7 @@ def converted(tmp_path_factory):
 
 def nearest_neighbours(feats):
     """Top-1 neighbour of every image among the others, by the k-NN eval's cosine similarity."""
-    f = np.asarray(knn.l2_normalize(feats), np.float64)
+    f = np.asarray(l2_normalize(feats), np.float64)
     sims = f @ f.T
     np.fill_diagonal(sims, -np.inf)
     return np.argmax(sims, axis=1), np.sort(sims, axis=1)

@@ -1,17 +1,11 @@
 """Feature extraction over labelled sources, and the k-NN / linear end-to-end entry points on a tiny set."""
 import numpy as np
 import pytest
-from flax import nnx
 from PIL import Image
 
 from dinov2_jax.data.augmentations import eval_transform
 from dinov2_jax.eval import features, knn, linear
-from dinov2_jax.models.vision_transformer import DinoVisionTransformer
-
-
-def tiny_model(depth=2):
-    return DinoVisionTransformer(img_size=28, patch_size=14, embed_dim=32, depth=depth, num_heads=2,
-                                 init_values=1.0, rngs=nnx.Rngs(0))
+from helpers import tiny_vit  # tests/ is on sys.path
 
 
 def make_folder(root, per_class=5, seed=0, corrupt=False):
@@ -31,7 +25,7 @@ def make_folder(root, per_class=5, seed=0, corrupt=False):
 
 def test_extract_features_matches_direct_forward(tmp_path):
     spec = make_folder(tmp_path / "train", corrupt=True)
-    model = tiny_model()
+    model = tiny_vit()
     fn = features.make_feature_fn(model)
     feats, labels = features.extract_features(fn, spec, batch_size=4, image_size=28, resize_size=32,
                                               progress=False)
@@ -62,7 +56,7 @@ def test_unlabelled_folder_is_an_error(tmp_path):
 def test_knn_eval_end_to_end(tmp_path):
     train = make_folder(tmp_path / "train", per_class=6, seed=0)
     val = make_folder(tmp_path / "val", per_class=3, seed=1)
-    model = tiny_model()
+    model = tiny_vit()
     res = knn.knn_eval(model, train, val, batch_size=4, image_size=28, resize_size=32, progress=False)
     assert sorted(res) == sorted(f"('full', {k}) Top {t}" for k in (10, 12) for t in (1, 5))
     # same as k-NN on directly computed features
@@ -81,7 +75,7 @@ def test_knn_cli(tmp_path, monkeypatch):
 
     train = make_folder(tmp_path / "train", per_class=3, seed=0)
     val = make_folder(tmp_path / "val", per_class=2, seed=1)
-    monkeypatch.setattr(hub, "load_for_eval", lambda *a, **k: tiny_model())
+    monkeypatch.setattr(hub, "load_for_eval", lambda *a, **k: tiny_vit())
     out = tmp_path / "res" / "results_eval_knn.json"
     args = ["--train-dataset", train, "--val-dataset", val, "--batch-size", "4", "--image-size", "28",
             "--nb-knn", "1", "3", "--output", str(out)]
@@ -95,7 +89,7 @@ def test_knn_cli(tmp_path, monkeypatch):
 def test_linear_eval_end_to_end(tmp_path, augment):
     train = make_folder(tmp_path / "train", per_class=4, seed=0)
     val = make_folder(tmp_path / "val", per_class=3, seed=1)
-    res = linear.linear_eval(tiny_model(depth=4), train, val, batch_size=4, iterations=30, augment=augment,
+    res = linear.linear_eval(tiny_vit(depth=4), train, val, batch_size=4, iterations=30, augment=augment,
                              image_size=28, resize_size=32, progress=False)
     assert len(res["heads"]) == 52 and res["max_iter"] == 30 and res["augment"] is augment
     assert res["best_classifier"]["accuracy"] == 1.0 and res["val_accuracy"] == 100.0
@@ -117,7 +111,7 @@ def test_augmented_batches_deterministic_and_labelled(tmp_path):
 
 def test_linear_eval_shallow_backbone_uses_available_blocks(tmp_path):
     train = make_folder(tmp_path / "train", per_class=2, seed=0)
-    res = linear.linear_eval(tiny_model(depth=2), train, train, batch_size=4, iterations=2, image_size=28,
+    res = linear.linear_eval(tiny_vit(depth=2), train, train, batch_size=4, iterations=2, image_size=28,
                              resize_size=32, progress=False)
     assert len(res["heads"]) == 26 and all(k.startswith("classifier_1_") for k in res["heads"])
 
@@ -137,7 +131,7 @@ def test_linear_cli(tmp_path, monkeypatch):
     from dinov2_jax import hub
 
     train = make_folder(tmp_path / "train", per_class=2, seed=0)
-    monkeypatch.setattr(hub, "load_for_eval", lambda *a, **k: tiny_model(depth=4))
+    monkeypatch.setattr(hub, "load_for_eval", lambda *a, **k: tiny_vit(depth=4))
     out = tmp_path / "results_eval_linear.json"
     assert linear.main(["--train-dataset", train, "--val-dataset", train, "--batch-size", "4", "--iterations", "3",
                         "--image-size", "28", "--output", str(out)]) == 0

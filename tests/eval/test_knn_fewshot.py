@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from dinov2_jax.eval import knn
+from dinov2_jax.models.layers.norm import l2_normalize
 from dinov2_jax.eval.torch_rng import TorchCPUGenerator, torch_randperm
 
 FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "knn_fewshot_official.npz")
@@ -58,8 +59,8 @@ def test_few_shot_results_match_official_fixture():
 def test_few_shot_votes_match_official_fixture():
     """Class scores of every (subset, try, k): official sampling + KnnModule on the sampled subset."""
     z = np.load(FIXTURE)
-    val_n = knn.l2_normalize(z["val"])
-    train_n = np.asarray(knn.l2_normalize(z["train"]))
+    val_n = l2_normalize(z["val"])
+    train_n = np.asarray(l2_normalize(z["train"]))
     n = 0
     for name in z.files:
         if not name.startswith("probas|"):

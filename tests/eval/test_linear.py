@@ -4,19 +4,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import nnx
 
 from dinov2_jax.eval import linear
-from dinov2_jax.models.vision_transformer import DinoVisionTransformer
-
-
-def tiny_model():
-    return DinoVisionTransformer(img_size=28, patch_size=14, embed_dim=32, depth=5, num_heads=2,
-                                 num_register_tokens=2, init_values=1.0, rngs=nnx.Rngs(0))
+from helpers import tiny_vit  # tests/ is on sys.path
 
 
 def test_feature_builder_matches_direct_computation():
-    model = tiny_model()
+    model = tiny_vit(depth=5, num_register_tokens=2)
     x = np.random.default_rng(0).normal(size=(3, 28, 42, 3)).astype(np.float32)
     feats = linear.make_linear_feature_fn(model, 4)(x)
     # direct: run the blocks by hand and apply the final norm, as the official get_intermediate_layers

@@ -2,10 +2,9 @@
 
 import numpy as np
 import pytest
-from flax import nnx
 
 from dinov2_jax.eval import linear
-from dinov2_jax.models.vision_transformer import DinoVisionTransformer
+from helpers import tiny_vit  # tests/ is on sys.path
 
 
 def separable(n, seed):
@@ -51,8 +50,7 @@ def test_best_head_saved_reloaded_and_test_datasets(tmp_path):
     from dinov2_jax import extract
     from dinov2_jax.data.sources import DemoSource
 
-    model = DinoVisionTransformer(img_size=28, patch_size=14, embed_dim=32, depth=2, num_heads=2,
-                                  init_values=1.0, rngs=nnx.Rngs(0))
+    model = tiny_vit()
     out = tmp_path / "probe"
     res = linear.linear_eval(model, "demo:train", "demo:val", batch_size=16, iterations=30, image_size=28,
                              resize_size=32, max_samples=50, progress=False, learning_rates=(1e-3, 1e-1),
@@ -75,7 +73,7 @@ def test_best_head_saved_reloaded_and_test_datasets(tmp_path):
     feat_fn = linear.make_linear_feature_fn(model, head.use_n_blocks)
     images = np.stack([extract.load_image(str(folder / f"{i:02d}.png"), 28, 32) for i in range(10)])
     np.testing.assert_allclose(pred["logits"], linear.linear_head_logits(head, feat_fn(images)), rtol=1e-4, atol=1e-4)
-    other = DinoVisionTransformer(img_size=28, patch_size=14, embed_dim=48, depth=2, num_heads=2, rngs=nnx.Rngs(1))
+    other = tiny_vit(seed=1, embed_dim=48, init_values=None)
     with pytest.raises(ValueError, match="head expects"):
         extract.classify_folder(other, res["head_path"], str(folder), batch_size=4, progress=False)
 

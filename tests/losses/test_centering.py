@@ -3,7 +3,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from dinov2_jax.losses import (apply_pending, dino_batch_center, ibot_batch_center, init_center_state,
-                               set_pending, sinkhorn_knopp, softmax_centered, valid_rows)
+                               set_pending, sinkhorn_knopp, softmax_centered)
+from dinov2_jax.padding import valid_rows
 
 
 def test_dino_lagged_center_sequence(golden):

@@ -2,7 +2,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dinov2_jax.losses import ibot_masked_loss, valid_rows
+from dinov2_jax.losses import ibot_masked_loss
+from dinov2_jax.padding import valid_rows
 
 
 def test_matches_official_padded_buffer(golden):

@@ -24,7 +24,6 @@ from dinov2_jax.parallel.sharding import (
     make_global_batch,
     param_spec,
     param_specs,
-    path_to_str,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -77,14 +76,6 @@ def test_optimizer_mirrors_get_parameter_spec():
     assert specs["opt"][0].count == P()
     names = [r[0] for r in describe(opt, FSDP4)]
     assert "0.mu.blocks.0.attn.qkv.kernel" in names
-
-
-def test_path_to_str_drops_nnx_value():
-    from flax import nnx
-
-    m = nnx.Linear(2, 3, rngs=nnx.Rngs(0))
-    paths = [path_to_str(p) for p, _ in jax.tree_util.tree_flatten_with_path(nnx.state(m))[0]]
-    assert sorted(paths) == ["bias", "kernel"]
 
 
 def test_batch_shardings_single_device_and_errors():

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from dinov2_jax.eval import evaluators as ev
+from helpers import tiny_vit  # tests/ is on sys.path
 from test_trainer import run, toy_cfg, toy_components
 
 
@@ -85,11 +86,7 @@ def test_due_uses_own_or_default_period():
 
 
 def test_linear_evaluator_runs_on_a_backbone():
-    from flax import nnx
-
-    from dinov2_jax.models.vision_transformer import DinoVisionTransformer
-
-    model = DinoVisionTransformer(img_size=28, patch_size=14, embed_dim=32, depth=2, num_heads=2, rngs=nnx.Rngs(0))
+    model = tiny_vit(init_values=None)
     opts = ev.parse_evaluators({"probe": dict(type="linear", train_dataset="demo:train", val_dataset="demo:val",
                                               image_size=28, resize_size=32, max_samples=40, batch_size=8,
                                               iterations=5, learning_rates=(0.01, 0.1))})["probe"]

@@ -10,7 +10,7 @@ import pytest
 from configs.ssl_default import get_config
 from dinov2_jax.losses.centering import apply_pending
 from dinov2_jax.train.optimizer import make_adam
-from dinov2_jax.train.param_groups import path_to_name
+from dinov2_jax.tree_names import path_to_name
 from dinov2_jax.train.train_step import create_train_state, make_train_step
 
 FIX = os.path.join(os.path.dirname(__file__), "fixtures", "train_step_golden.npz")

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from dinov2_jax.models.layers.linear import Linear
+from dinov2_jax.padding import valid_rows
 
 logger = logging.getLogger(__name__)
 
@@ -76,7 +77,7 @@ def _pallas_mha(q, k, v):
     if n_pad != n:
         pad = ((0, 0), (0, n_pad - n), (0, 0), (0, 0))
         q, k, v = (jnp.pad(t, pad) for t in (q, k, v))
-        seg = jnp.broadcast_to((jnp.arange(n_pad) < n).astype(jnp.int32), (b, n_pad))
+        seg = jnp.broadcast_to(valid_rows(n_pad, n).astype(jnp.int32), (b, n_pad))
     else:
         seg = None
     interpret = jax.default_backend() == "cpu"
