@@ -28,6 +28,7 @@ import os
 import sys
 from functools import partial
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -154,16 +155,22 @@ def evaluate_pairs(predict_batch, pairs, load_pair, num_classes: int, batch_size
     return metrics_from_confusion(conf), [np.stack(a) for a in zip(*shown)]
 
 
-def make_slide_predictor(backbone, head: SegmentationHead, n_layers: int, crop: int, stride: int):
-    """-> predict(images [N, H, W, 3]) -> labels [N, H, W] by sliding windows (crop x crop through backbone +
-    head, logits upsampled to the window and averaged where windows overlap). Compiled once per window count."""
+def make_logits_fn(backbone, head: SegmentationHead, n_layers: int):
+    """Compiled images [n, h, w, 3] -> logits [n, h, w, K] (backbone + head, upsampled to the input size);
+    compiled once per input shape."""
     from dinov2_jax.pretrained import jit_module
 
-    def window_logits(modules, x):
+    def logits(modules, x):
         bb, hd = modules
         return resize_bilinear(hd(patch_features(bb, x, n_layers)), x.shape[1:3])
 
-    fn = jit_module((backbone, head), window_logits)
+    return jit_module((backbone, head), logits)
+
+
+def make_slide_predictor(backbone, head: SegmentationHead, n_layers: int, crop: int, stride: int):
+    """-> predict(images [N, H, W, 3]) -> labels [N, H, W] by sliding windows (crop x crop through backbone +
+    head, logits upsampled to the window and averaged where windows overlap). Compiled once per window count."""
+    fn = make_logits_fn(backbone, head, n_layers)
     return lambda images: np.stack([np.argmax(slide_logits(fn, im, crop, stride), -1) for im in images])
 
 
@@ -189,17 +196,11 @@ def make_tta_predictor(backbone, head: SegmentationHead, n_layers: int, ratios, 
                        slide: tuple[int, int] | None = None):
     """-> predict(images [N, H, W, 3]) -> labels [N, H, W] with tta_probabilities over whole-image inference,
     or over sliding windows (crop, stride) when `slide` is given. Compiled once per scaled size."""
-    graphdef, state = nnx.split((backbone, head))
-
-    @jax.jit
-    def whole(state, x):  # [n, h, w, 3] -> logits at input size
-        bb, hd = nnx.merge(graphdef, state)
-        return resize_bilinear(hd(patch_features(bb, x, n_layers)), x.shape[1:3])
-
+    fn = make_logits_fn(backbone, head, n_layers)
     if slide:
-        logits_fn = lambda im: slide_logits(lambda x: whole(state, x), im, *slide)  # noqa: E731
+        logits_fn = lambda im: slide_logits(fn, im, *slide)  # noqa: E731
     else:
-        logits_fn = lambda im: whole(state, im[None])[0]  # noqa: E731
+        logits_fn = lambda im: fn(im[None])[0]  # noqa: E731
     return lambda images: np.stack([np.argmax(tta_probabilities(logits_fn, im, ratios, flip), -1) for im in images])
 
 
