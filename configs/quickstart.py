@@ -2,17 +2,17 @@
 
 `python -m dinov2_jax.train --config configs/quickstart.py --config.train.output_dir=/tmp/dinov2_quickstart`
 
-Everything official is kept (DINO + iBOT + KoLeo losses, multi-crop, masking, centering, EMA teacher,
+Everything official is kept (DINO + iBOT + KoLeo losses, multi-crop, masking, EMA teacher,
 cosine schedules, layer-wise lr decay); only the sizes are small: a 4-block, 96-dim ViT with 8-pixel
 patches on 64-pixel global / 32-pixel local crops, 128 prototypes, and "epochs" of 25 iterations
 (`train.OFFICIAL_EPOCH_LENGTH`) so the schedules (warmups, last-layer freeze) fit a 300-iteration run.
 The teacher is evaluated with k-NN on the labelled demo data at the end (and halfway).
 
-Four values differ from a plain scaling of the official recipe, so that the DINO terms learn within
+Five values differ from a plain scaling of the official recipe, so that the DINO terms learn within
 300 iterations instead of settling at their uniform-target value (docs/recipes.md, "Quickstart: the
 DINO terms"): a fast teacher (EMA momentum 0.9: the official 0.992 averages over ~125 iterations,
-nothing of a 125k-iteration run but a third of this one), a sharp teacher (temperature 0.02, no
-warm-up), Sinkhorn-Knopp instead of softmax centering (official option, the ViT-g recipe's; no center
+nothing in a 125k-iteration run but 40 % of this one), a sharp teacher (temperature 0.02, no
+warm-up), Sinkhorn-Knopp instead of softmax centering (as the official ViT-L/g recipes; no center
 lagging behind a fast teacher), 128 prototypes for 10 photos, and a 3x base lr.
 """
 import ml_collections
