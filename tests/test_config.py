@@ -77,8 +77,8 @@ def test_save_config_roundtrip(tmp_path):
     config_lib.save_config(cfg, str(tmp_path))
     back = config_lib.config_from_json(open(tmp_path / "config.json").read())
     assert config_lib.config_diff(back, cfg) == []
-    assert json.load(open(tmp_path / "config.json"))["optim"]["lr"] == pytest.approx(0.004 * math.sqrt(32 / 1024))
-    assert "base_lr: 0.004" in open(tmp_path / "config.yaml").read()
+    assert json.load(open(tmp_path / "config.json"))["optim"]["lr"] == pytest.approx(0.012 * math.sqrt(32 / 1024))
+    assert "base_lr: 0.012" in open(tmp_path / "config.yaml").read()
 
 
 def _cli(*args):
