@@ -166,6 +166,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--pca-threshold", type=float, default=0.5,
                    help="foreground threshold on the min-max scaled first PCA component")
     p.add_argument("--pca-max-images", type=int, default=16, help="rows in the PCA picture")
+    p.add_argument("--pca-per-image", action="store_true",
+                   help="one PCA per image (unrelated photos) instead of one over all pictured images "
+                        "(the official picture: several images of one kind)")
     p.add_argument("--attention-png", default=None,
                    help="write the self-attention picture here (input, cls attention per head, mask, token norms)")
     p.add_argument("--attention-block", type=int, default=-1, help="block whose attention is drawn (-1: last)")
@@ -251,7 +254,7 @@ def main(argv=None) -> int:
         n = min(args.pca_max_images, len(images))
         # PCA is fitted on the patches of the pictured images only, so the colours match what is shown
         save_pca_picture(images[:n], res["patch_tokens"][:n], args.pca_png, threshold=args.pca_threshold,
-                         max_images=n)
+                         max_images=n, per_image=args.pca_per_image)
         logger.info("wrote PCA picture %s (%d images)", args.pca_png, n)
     if args.attention_png:
         write_attention_picture(model, images[:args.attention_max_images], args, heads)

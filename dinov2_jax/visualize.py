@@ -9,6 +9,9 @@ Recipe (numpy, deterministic):
   3. a second PCA on the foreground patches only; its first 3 components, min-max scaled per component,
      become RGB; background patches are black.
 The picture is a grid: one row per image, the (denormalised) input on the left, its PCA map on the right.
+The official recipe runs both PCAs over images of one kind together (its pictures show several photos of
+one object class). For unrelated images the first joint component separates the photos from each other
+rather than objects from their backgrounds, so `per_image=True` runs both steps on each image alone.
 
 Also here: the DINO self-attention picture (`attention_picture`: cls attention per head, the mask keeping
 a fraction of the attention mass) and the patch-token norm picture (`token_norm_picture`, high-norm
@@ -51,15 +54,19 @@ def border_mask(h: int, w: int) -> np.ndarray:
     return m
 
 
-def pca_rgb_maps(patch_tokens, threshold: float = 0.5, remove_background: bool = True):
+def pca_rgb_maps(patch_tokens, threshold: float = 0.5, remove_background: bool = True, per_image: bool = False):
     """patch_tokens [B, h, w, D] -> (rgb [B, h, w, 3] in [0, 1], foreground [B, h, w] bool).
 
     threshold: on the min-max scaled first component (oriented so borders are low); patches above it are
-    foreground. remove_background=False keeps every patch and runs one PCA for the colours.
+    foreground. remove_background=False keeps every patch and runs one PCA for the colours. per_image: both
+    PCAs on each image's patches alone (unrelated images) instead of over all images together.
     """
     tokens = np.asarray(patch_tokens, np.float64)
     if tokens.ndim != 4:
         raise ValueError(f"expected patch tokens [B, h, w, D], got shape {tokens.shape}")
+    if per_image:
+        maps = [pca_rgb_maps(t[None], threshold, remove_background) for t in tokens]
+        return np.concatenate([m[0] for m in maps]), np.concatenate([m[1] for m in maps])
     b, h, w, d = tokens.shape
     flat = tokens.reshape(-1, d)
     if remove_background:
@@ -113,9 +120,9 @@ def render_pca_grid(images, rgb_maps, path: str, *, max_images: int = 32, pad: i
 
 
 def save_pca_picture(images, patch_tokens, path: str, *, threshold: float = 0.5, max_images: int = 32,
-                     min_height: int = 0):
+                     min_height: int = 0, per_image: bool = False):
     """images [B, H, W, 3] (normalised), patch_tokens [B, h, w, D] -> PNG at `path`; returns the rgb maps."""
-    rgb, _ = pca_rgb_maps(patch_tokens, threshold=threshold)
+    rgb, _ = pca_rgb_maps(patch_tokens, threshold=threshold, per_image=per_image)
     render_pca_grid(images, rgb, path, max_images=max_images, min_height=min_height)
     return rgb
 

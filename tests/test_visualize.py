@@ -42,6 +42,21 @@ def test_background_removed_by_first_component():
     assert np.abs(left - right).max() > 0.3
 
 
+def test_per_image_pca_finds_objects_in_unrelated_images():
+    """Two unrelated photos (a large offset between their features): the joint first component separates the
+    photos, not objects from backgrounds; one PCA per image finds each object."""
+    a, obj = synthetic_tokens(b=1, seed=0)
+    b, _ = synthetic_tokens(b=1, seed=1)
+    shift = np.random.default_rng(2).normal(size=a.shape[-1]) * 20
+    tokens = np.concatenate([a + shift, b - shift])
+    objects = np.concatenate([obj, obj])
+    _, fg_joint = visualize.pca_rgb_maps(tokens)
+    assert (fg_joint != objects).mean() > 0.25
+    rgb, fg = visualize.pca_rgb_maps(tokens, per_image=True)
+    np.testing.assert_array_equal(fg, objects)
+    assert rgb.shape == (2, 8, 8, 3) and np.all(rgb[~objects] == 0)
+
+
 def test_png_written_and_non_trivial(tmp_path):
     tokens, _ = synthetic_tokens(b=2)
     images = np.random.default_rng(1).normal(size=(2, 56, 56, 3)).astype(np.float32)

@@ -561,8 +561,8 @@ def run_periodic_eval(cfg, comp: Components, state, it: int, output_dir: str, lo
 
 def save_teacher_pca(backbone, dataset: str, path: str, *, image_size: int = 224, resize_size: int = 256,
                      n_images: int = 8) -> str:
-    """PCA picture (`dinov2_jax.visualize`) of `backbone`'s patch features on `n_images` images spread
-    over a labelled dataset spec (first to last), after the eval transform. Returns `path`."""
+    """PCA picture (`dinov2_jax.visualize`, per image) of `backbone`'s patch features on `n_images` images
+    spread over a labelled dataset spec (first to last), after the eval transform. Returns `path`."""
     from dinov2_jax.data.augmentations import eval_transform
     from dinov2_jax.eval.features import load_labelled_source
     from dinov2_jax.extract import make_extract_fn
@@ -575,8 +575,9 @@ def save_teacher_pca(backbone, dataset: str, path: str, *, image_size: int = 224
                        for r in records if r is not None])
     grid = image_size // backbone.patch_size
     patches = np.asarray(jax.device_get(make_extract_fn(backbone)(images)["patch_tokens"]), np.float32)
+    # the images come from different classes (unrelated photos): one PCA per image
     save_pca_picture(images, patches.reshape(len(images), grid, grid, -1), path, max_images=n_images,
-                     min_height=160)
+                     min_height=160, per_image=True)
     return path
 
 
