@@ -49,10 +49,15 @@ def match_pairs(image_dir: str, target_dir: str, stems=None, target_ext: str = "
     return [(images[s], targets[s]) for s in stems]
 
 
+def load_resized_rgb(path: str, size: tuple[int, int]) -> np.ndarray:
+    """Image file -> uint8 RGB [H, W, 3] resized (bicubic) to size (H, W)."""
+    with Image.open(path) as im:
+        return np.asarray(im.convert("RGB").resize((size[1], size[0]), Image.BICUBIC))
+
+
 def load_resized_image(path: str, size: tuple[int, int]) -> np.ndarray:
     """Image file -> ImageNet-normalised float32 [H, W, 3] resized (bicubic) to size (H, W)."""
-    with Image.open(path) as im:
-        return normalize(im.convert("RGB").resize((size[1], size[0]), Image.BICUBIC))
+    return normalize(load_resized_rgb(path, size))
 
 
 def check_size(image_size: int, patch: int) -> None:
@@ -105,6 +110,15 @@ def batched(fn, images: np.ndarray, batch_size: int):
         n = len(b)
         outs.append(jax.tree.map(lambda a: np.asarray(a)[:n], fn(pad_rows(b, batch_size))))
     return jax.tree.map(lambda *a: np.concatenate(a), *outs)
+
+
+def flip_average(predict_fn, images: np.ndarray) -> np.ndarray:
+    """Horizontal-flip test-time augmentation of a dense prediction (the depth toolbox's aug_test with
+    MultiScaleFlipAug(flip=True)): mean of predict_fn(images) and the un-mirrored predict_fn(mirrored images).
+    images [N, H, W, C] -> predict_fn's [N, H, W, ...]."""
+    pred = np.asarray(predict_fn(images))
+    mirrored = np.asarray(predict_fn(np.ascontiguousarray(images[:, :, ::-1])))[:, :, ::-1]
+    return (pred + mirrored) / 2
 
 
 def label_palette(n: int = 256) -> np.ndarray:
@@ -166,17 +180,22 @@ def iterate_pairs(pairs, load_pair, feat_fn, batch_size: int):
 
 class TrainBatches:
     """Training batches (frozen features, targets) by index. The features are computed once and kept in memory
-    when they fit in `cache_gb`; otherwise images are read and the backbone runs at every step."""
+    when they fit in `cache_gb`; otherwise images are read and the backbone runs at every step. With `augment`
+    ((image, target) pair, rng -> (image, target) at load_pair's shapes, see `dense_augment`) every step draws a
+    new random view of each image, so nothing is cached."""
 
-    def __init__(self, pairs, load_pair, feat_fn, batch_size: int, cache_gb: float = 4.0):
+    def __init__(self, pairs, load_pair, feat_fn, batch_size: int, cache_gb: float = 4.0, augment=None, seed: int = 0):
         self.pairs, self.load_pair, self.feat_fn, self.batch_size = list(pairs), load_pair, feat_fn, batch_size
+        self.augment, self.rng = augment, np.random.default_rng(seed)
         first = next(iterate_pairs(self.pairs[:1], load_pair, feat_fn, batch_size))
         self.feature_shape, self.target_shape = first[1].shape[1:], first[2].shape[1:]
         need = len(self.pairs) * (np.prod(self.feature_shape) * 4 + np.prod(self.target_shape) * 4) / 2 ** 30
-        self.cached = need <= cache_gb
+        self.cached = augment is None and need <= cache_gb
         logger.info(
             "%d training images, features %s: %s (%.2f GiB)", len(self.pairs), self.feature_shape,
-            "cached in memory" if self.cached else "recomputed each step (over --cache-gb)", need)
+            "cached in memory" if self.cached else
+            "recomputed each step (augmented views)" if augment is not None else
+            "recomputed each step (over --cache-gb)", need)
         if self.cached:
             parts = list(iterate_pairs(self.pairs, load_pair, feat_fn, batch_size))
             self.feats = np.concatenate([f for _, f, _ in parts])
@@ -189,5 +208,9 @@ class TrainBatches:
         """idx [b] -> (features [b, ...], targets [b, ...])."""
         if self.cached:
             return self.feats[idx], self.targets[idx]
-        _, f, t = next(iterate_pairs([self.pairs[i] for i in idx], self.load_pair, self.feat_fn, len(idx)))
+        load = self.load_pair if self.augment is None else (lambda pair: self.augment(pair, self.rng))
+        _, f, t = next(iterate_pairs([self.pairs[i] for i in idx], load, self.feat_fn, len(idx)))
+        if f.shape[1:] != self.feature_shape or t.shape[1:] != self.target_shape:
+            raise ValueError(f"an augmented view gave features {f.shape[1:]} / targets {t.shape[1:]}, expected "
+                             f"{self.feature_shape} / {self.target_shape}")
         return f, t

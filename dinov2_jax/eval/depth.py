@@ -13,9 +13,12 @@ Layouts:
   folder:      ROOT/{train,val}/images/* + ROOT/{train,val}/depth/<stem>.npy (metres, float) or .png
                (16-bit, / --depth-scale); --max-depth required.
 Images and depth maps are resized to --image-size square (bicubic / nearest; 0 = invalid); metrics count the
-pixels of the standard evaluation crop (--eval-crop: Eigen for nyu, Garg for kitti). No augmentation, so the
+pixels of the standard evaluation crop (--eval-crop: Eigen for nyu, Garg for kitti). Without --augment the
 training features are computed once and cached when they fit in --cache-gb (else recomputed at every step);
-validation streams batch by batch.
+--augment trains on random views (rotation +-2.5 deg, flip, gamma/brightness/colour jitter, as the depth
+toolbox's NYU/KITTI pipeline; `dinov2_jax/eval/dense_augment.py`), running the backbone at every step.
+Validation streams batch by batch; --tta-flip averages each prediction with the un-mirrored prediction of the
+mirrored image (the toolbox's flip test).
 """
 from __future__ import annotations
 
@@ -31,6 +34,7 @@ import numpy as np
 from flax import nnx
 
 from dinov2_jax.eval import dense
+from dinov2_jax.eval.dense_augment import depth_view
 from dinov2_jax.models.heads.depth import LinearDepthHead, depth_features, head_to_state_dict, official_out_index
 from dinov2_jax.models.heads.spatial import resize_bilinear
 
@@ -207,9 +211,13 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-crop", default=None, choices=["none", *EVAL_CROPS],
                    help="pixels that count in the metrics: eigen (NYU-v2), garg (KITTI) or none; "
                         "default: eigen for nyu, garg for kitti, none for folder")
+    p.add_argument("--tta-flip", action="store_true",
+                   help="evaluate the mean of the prediction and the un-mirrored prediction of the mirrored image")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--weight-decay", type=float, default=1e-4)
+    p.add_argument("--augment", action="store_true",
+                   help="train on random views (rotate +-2.5 deg, flip, colour jitter); no feature cache")
     p.add_argument("--cache-gb", type=float, default=4.0,
                    help="keep the training features in memory up to this size, else recompute them every step")
     p.add_argument("--max-samples", type=int, default=None, help="use only the first N images of each split")
@@ -255,19 +263,31 @@ def main(argv=None) -> int:
     n_train = 0
     if head is None:
         pairs = dataset_pairs(args.data, args.layout, "train")[:args.max_samples or None]
-        batches = dense.TrainBatches(pairs, load_pair, feat_fn, args.batch_size, args.cache_gb)
+        augment = None
+        if args.augment:  # KITTI's brightness range is narrower than NYU's in the toolbox configs
+            brightness = (0.9, 1.1) if args.layout == "kitti" else (0.75, 1.25)
+            augment = lambda pair, rng: depth_view(  # noqa: E731
+                dense.load_resized_rgb(pair[0], (args.image_size, args.image_size)),
+                load_depth(pair[1], args.image_size, scale), rng, brightness=brightness)
+        batches = dense.TrainBatches(pairs, load_pair, feat_fn, args.batch_size, args.cache_gb, augment=augment,
+                                     seed=args.seed)
         head = train_head(batches, min_depth=min_depth, max_depth=max_depth, iters=args.iters,
                           batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, seed=args.seed)
         n_train = len(pairs)
     rows, shown = [], []
     for images, feats, gt in dense.iterate_pairs(dataset_pairs(args.data, args.layout, "val")[:args.max_samples or None],
                                                  load_pair, feat_fn, args.batch_size):
-        pred = predict(head, feats, gt.shape[1:3], args.batch_size)
+        if args.tta_flip:
+            pred = dense.flip_average(lambda ims: predict(head, dense.batched(feat_fn, ims, args.batch_size),
+                                                          gt.shape[1:3], args.batch_size), images)
+        else:
+            pred = predict(head, feats, gt.shape[1:3], args.batch_size)
         rows += depth_metric_rows(pred, gt, min_depth, max_depth, eval_crop)
         shown += list(zip(images, pred, gt))[:max(0, 4 - len(shown))]
     metrics = summarize_rows(rows)
     metrics.update(layout=args.layout, eval_crop=eval_crop, out_index=list(out_index), depth_range=[min_depth, max_depth],
                    image_size=args.image_size, iters=0 if args.head_weights else args.iters, n_train=n_train,
+                   augment=bool(args.augment and not args.head_weights), tta_flip=args.tta_flip,
                    head_range=[head.min_depth, head.max_depth])
     os.makedirs(args.out_dir, exist_ok=True)
     with open(os.path.join(args.out_dir, "metrics.json"), "w") as f:

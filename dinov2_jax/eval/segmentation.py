@@ -12,8 +12,10 @@ Layouts (targets are PNG label maps):
           ROOT/ImageSets/Segmentation/{train,val}.txt; 21 classes, 255 = ignore (object borders).
   folder: ROOT/{train,val}/images/* + ROOT/{train,val}/masks/*.png (same stem); --num-classes required,
           label 255 ignored.
-Images and masks are resized to --image-size square (bicubic / nearest); no augmentation, so the training
-features are computed once and cached when they fit in --cache-gb (else recomputed at every step). mIoU is
+Images and masks are resized to --image-size square (bicubic / nearest). Without --augment the training
+features are computed once and cached when they fit in --cache-gb (else recomputed at every step); --augment
+trains on mmseg's random views instead (rescale 0.5-2x, --image-size crop with at most 75 % of one class,
+flip; `dinov2_jax/eval/dense_augment.py`), running the backbone at every step. mIoU is
 measured at that resolution (whole-image inference), or with --slide-stride on val images resized to
 --eval-size, in --image-size windows (mmseg slide inference); --tta-ratios / --tta-flip add mmseg's
 multi-scale / flip test-time augmentation (mean class probabilities over the scaled and mirrored images).
@@ -35,6 +37,7 @@ import optax
 from flax import nnx
 
 from dinov2_jax.eval import dense
+from dinov2_jax.eval.dense_augment import segmentation_view
 from dinov2_jax.models.heads.segmentation import (HEAD_LAYERS, SegmentationHead, head_to_state_dict, patch_features,
                                                   slide_logits)
 from dinov2_jax.models.heads.spatial import resize_bilinear
@@ -88,22 +91,39 @@ def dataset_pairs(root: str, layout: str, split: str) -> list[tuple[str, str]]:
     raise ValueError(f"unknown layout {layout!r}; choose one of {sorted(LAYOUTS)}")
 
 
-def load_mask(path: str, size: int, layout: str) -> np.ndarray:
-    """PNG label map -> uint8 [size, size] (nearest resize); ADE20K's reduce_zero_label applied."""
+def read_label(path: str, layout: str) -> np.ndarray:
+    """PNG label map -> uint8 [H, W] at its own size; ADE20K's reduce_zero_label applied."""
     from PIL import Image
 
     with Image.open(path) as im:
         if im.mode not in ("L", "P", "I", "I;16"):
             raise ValueError(f"mask {path!r} has mode {im.mode}: expected a single-channel label PNG")
-        m = np.asarray(im.resize((size, size), Image.NEAREST)).astype(np.int64)
+        m = np.asarray(im).astype(np.int64)
     if layout == "ade20k":
         m = np.where(m == 0, IGNORE_INDEX, m - 1)
     return m.astype(np.uint8)
 
 
+def load_mask(path: str, size: int, layout: str) -> np.ndarray:
+    """PNG label map -> uint8 [size, size] (nearest resize); ADE20K's reduce_zero_label applied."""
+    from PIL import Image
+
+    return np.asarray(Image.fromarray(read_label(path, layout)).resize((size, size), Image.NEAREST))
+
+
 def pair_loader(size: int, layout: str):
     """(image path, mask path) -> (normalised image [size, size, 3], mask uint8 [size, size])."""
     return lambda pair: (dense.load_resized_image(pair[0], (size, size)), load_mask(pair[1], size, layout))
+
+
+def augmented_pair_loader(size: int, layout: str):
+    """(image path, mask path), rng -> a random training view (`dense_augment.segmentation_view`)."""
+    from PIL import Image
+
+    def load(pair, rng):
+        with Image.open(pair[0]) as im:
+            return segmentation_view(im.convert("RGB"), read_label(pair[1], layout), size, rng)
+    return load
 
 
 # ---- training -------------------------------------------------------------------------------------
@@ -264,6 +284,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="multi-scale test-time augmentation: comma-separated scale ratios of the val image, e.g. "
                         "1.0,1.32,1.73 (class probabilities averaged, as mmseg's aug_test); default: none")
     p.add_argument("--tta-flip", action="store_true", help="also average over the horizontal mirror of each scale")
+    p.add_argument("--augment", action="store_true",
+                   help="train on random views (mmseg ADE20K pipeline: rescale 0.5-2x, crop, flip); no feature cache")
     p.add_argument("--cache-gb", type=float, default=4.0,
                    help="keep the training features in memory up to this size, else recompute them every step")
     p.add_argument("--max-samples", type=int, default=None, help="use only the first N images of each split")
@@ -286,8 +308,9 @@ def main(argv=None) -> int:
         head, n_train = load_head_weights(args.head_weights, model.embed_dim * n_layers, num_classes), 0
     else:
         pairs = dataset_pairs(args.data, args.layout, "train")[:args.max_samples or None]
+        augment = augmented_pair_loader(args.image_size, args.layout) if args.augment else None
         batches = dense.TrainBatches(pairs, pair_loader(args.image_size, args.layout), feat_fn, args.batch_size,
-                                     args.cache_gb)
+                                     args.cache_gb, augment=augment, seed=args.seed)
         head = train_head(batches, num_classes, iters=args.iters, batch_size=args.batch_size,
                           lr=args.lr, weight_decay=args.weight_decay, seed=args.seed)
         n_train = len(pairs)
@@ -306,6 +329,7 @@ def main(argv=None) -> int:
     metrics, (images, pred, masks) = evaluate_pairs(predict_batch, val_pairs, pair_loader(eval_size, args.layout),
                                                     num_classes, args.batch_size)
     metrics.update(head=args.head, layout=args.layout, image_size=args.image_size, iters=args.iters,
+                   augment=bool(args.augment and not args.head_weights),
                    n_train=n_train, n_val=len(val_pairs), **mode)
     os.makedirs(args.out_dir, exist_ok=True)
     with open(os.path.join(args.out_dir, "metrics.json"), "w") as f:

@@ -252,3 +252,17 @@ def test_training_without_feature_cache_gives_the_same_head(tmp_path):
     assert res[0][0]["mIoU"] == pytest.approx(res[1][0]["mIoU"], abs=1e-6)
     for k, v in res[0][1].items():
         np.testing.assert_allclose(v, res[1][1][k], rtol=1e-4, atol=1e-6)
+
+
+def test_cli_learns_from_augmented_views(tmp_path):
+    """--augment (rescale 0.5-2x, crop, flip, a new view every step): class = colour still holds pixel by pixel in
+    every view, so the head must learn it as well as from the plain images; a misaligned view would not."""
+    root = str(tmp_path / "data")
+    for split, seed, n in (("train", 0, 16), ("val", 1, 8)):
+        write_seg_folder(root, split, *colour_regions(n, cell=28, seed=seed))
+    wdir = tiny_backbone_dir(str(tmp_path / "backbone"))
+    out = str(tmp_path / "out")
+    assert seg.main(["--weights", wdir, "--data", root, "--layout", "folder", "--num-classes", "4", "--augment",
+                     "--image-size", "56", "--iters", "150", "--batch-size", "8", "--lr", "1e-2", "--out-dir", out]) == 0
+    m = json.load(open(os.path.join(out, "metrics.json")))
+    assert m["augment"] and m["mIoU"] > 0.93, m  # measured 0.98; with the label mirrored alone 0.77
