@@ -12,6 +12,14 @@ from dinov2_jax.eval import depth as de
 from heads_synthetic import depth_planes, tiny_backbone_dir, write_depth_folder
 
 
+def _planes_and_backbone(tmp_path, n_train: int, n_val: int):
+    """A folder of tilted-plane depth data and a tiny random backbone -> (data root, weights dir)."""
+    root = str(tmp_path / "data")
+    for split, seed, n in (("train", 0, n_train), ("val", 1, n_val)):
+        write_depth_folder(root, split, *depth_planes(n, seed=seed))
+    return root, tiny_backbone_dir(str(tmp_path / "backbone"))
+
+
 def test_depth_metrics_hand_computation():
     gt = np.array([[[1.0, 2.0], [4.0, 0.0]], [[2.0, 2.0], [20.0, 2.0]]])
     pred = np.array([[[1.1, 3.0], [4.0, 9.0]], [[2.0, 2.0], [1.0, 1.0]]])
@@ -69,10 +77,7 @@ def test_nyu_list_layout(tmp_path):
 
 
 def test_cli_learns_smooth_depth(tmp_path):
-    root = str(tmp_path / "data")
-    for split, seed, n in (("train", 0, 24), ("val", 1, 8)):
-        write_depth_folder(root, split, *depth_planes(n, seed=seed))
-    wdir = tiny_backbone_dir(str(tmp_path / "backbone"))
+    root, wdir = _planes_and_backbone(tmp_path, 24, 8)
     out = str(tmp_path / "out")
     assert de.main(["--weights", wdir, "--data", root, "--layout", "folder", "--max-depth", "10", "--image-size", "56",
                     "--iters", "300", "--batch-size", "8", "--lr", "1e-2", "--out-dir", out]) == 0
@@ -107,10 +112,7 @@ def test_flip_average_unmirrors_the_mirrored_prediction():
 
 
 def test_training_without_feature_cache_gives_the_same_head(tmp_path):
-    root = str(tmp_path / "data")
-    for split, seed, n in (("train", 0, 8), ("val", 1, 4)):
-        write_depth_folder(root, split, *depth_planes(n, seed=seed))
-    wdir = tiny_backbone_dir(str(tmp_path / "backbone"))
+    root, wdir = _planes_and_backbone(tmp_path, 8, 4)
     res = []
     for cache in ("4", "0"):
         out = str(tmp_path / f"out{cache}")
@@ -126,10 +128,7 @@ def test_training_without_feature_cache_gives_the_same_head(tmp_path):
 def test_cli_learns_from_augmented_views(tmp_path):
     """--augment (rotation, flip, colour jitter): depth is still readable from the image's colour ratios, so
     the head still learns it; the flag is recorded."""
-    root = str(tmp_path / "data")
-    for split, seed, n in (("train", 0, 16), ("val", 1, 8)):
-        write_depth_folder(root, split, *depth_planes(n, seed=seed))
-    wdir = tiny_backbone_dir(str(tmp_path / "backbone"))
+    root, wdir = _planes_and_backbone(tmp_path, 16, 8)
     out = str(tmp_path / "out")
     assert de.main(["--weights", wdir, "--data", root, "--layout", "folder", "--max-depth", "10", "--image-size", "56",
                     "--augment", "--iters", "200", "--batch-size", "8", "--lr", "1e-2", "--out-dir", out]) == 0
