@@ -5,6 +5,10 @@ timm pulls a torchvision wheel built for CUDA torch; next to the CPU torch it fa
 call them).
 """
 import os
+import subprocess
+import sys
+
+import pytest
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
@@ -26,7 +30,6 @@ def pytest_collection_modifyitems(config, items):
     if not gpu_items:
         return
     import jax
-    import pytest
 
     backend = jax.default_backend()
     if backend == "gpu":
@@ -36,3 +39,17 @@ def pytest_collection_modifyitems(config, items):
               "JAX_PLATFORMS=cuda,cpu python -m pytest -m gpu")
     for item in gpu_items:
         item.add_marker(pytest.mark.skip(reason=reason))
+
+
+@pytest.fixture(scope="session")
+def quickstart_run(tmp_path_factory):
+    """The README's quickstart command (`configs/quickstart.py`, nothing overridden), run once per session for the
+    heavy tests that read its outputs (losses, k-NN, the teacher exported at iterations 149 and 299).
+    -> the run's output directory (pathlib.Path)."""
+    root = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
+    out = tmp_path_factory.mktemp("quickstart") / "run"
+    r = subprocess.run([sys.executable, "-m", "dinov2_jax.train", "--config", "configs/quickstart.py",
+                        f"--config.train.output_dir={out}"], cwd=root, env=dict(os.environ, JAX_PLATFORMS="cpu"),
+                       capture_output=True, text=True, timeout=3600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return out

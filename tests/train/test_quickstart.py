@@ -199,18 +199,14 @@ def test_two_device_mesh_run_and_resume(tmp_path):
     assert sorted(got) == [0, 1, 2] and all(np.isfinite(v) for v in got.values())
 
 
-@pytest.mark.heavy  # the README's quickstart command itself: 3 min 34 s measured on the shared 2-core CPU
-def test_full_quickstart_learns_in_every_term(tmp_path):
+@pytest.mark.heavy  # the README's quickstart command itself (the `quickstart_run` fixture, tests/conftest.py)
+def test_full_quickstart_learns_in_every_term(quickstart_run):
     """The documented quickstart (configs/quickstart.py, nothing overridden): both DINO terms end below
     their uniform-target value (fraction of the DINO terms x ln K: a teacher that carries no information
     about the image), and the teacher's k-NN ends far above the random init."""
     import math
 
-    out = tmp_path / "run"
-    args = [sys.executable, "-m", "dinov2_jax.train", "--config", "configs/quickstart.py",
-            f"--config.train.output_dir={out}"]
-    r = subprocess.run(args, cwd=ROOT, env=env(), capture_output=True, text=True, timeout=3600)
-    assert r.returncode == 0, r.stderr[-3000:]
+    out = quickstart_run
     cfg = json.load(open(out / "config.json"))
     n_local, k = cfg["crops"]["local_crops_number"], cfg["dino"]["head_n_prototypes"]
     n_terms = 2 * n_local + 2  # each local crop against each of the 2 teacher crops, + the 2 swapped globals
