@@ -62,22 +62,38 @@ class DiskFullGuard(logging.Filter):
                   "suppressed)", file=self.stream or sys.stderr, flush=True)
         self.seen = True
 
+    def _aftermath(self, exc: BaseException | None) -> bool:
+        """True for what to drop: a full-disk error, or once one was seen, "Event loop is closed"."""
+        if is_disk_full(exc):
+            self._report_once()
+            return True
+        return self.seen and exc is not None and "Event loop is closed" in str(exc)
+
     def _thread_excepthook(self, args) -> None:
         # a background thread dying of the full disk prints its traceback through threading.excepthook
-        if is_disk_full(args.exc_value):
-            self._report_once()
-            return
-        self._old_hook(args)
+        if not self._aftermath(args.exc_value):
+            self._old_hook(args)
+
+    def _unraisablehook(self, args) -> None:
+        # Orbax's loops and futures torn down at interpreter exit (atexit, __del__) report here
+        if not self._aftermath(args.exc_value):
+            self._old_unraisable(args)
 
     def install(self) -> "DiskFullGuard":
         for name in self.LOGGERS:
             logging.getLogger(name).addFilter(self)
-        self._old_hook = threading.excepthook
-        threading.excepthook = self._thread_excepthook
+        self._old_hook, threading.excepthook = threading.excepthook, self._thread_excepthook
+        self._old_unraisable, sys.unraisablehook = sys.unraisablehook, self._unraisablehook
         return self
 
     def remove(self) -> None:
+        """Uninstall, unless the disk filled: then the aftermath (Orbax's threads and event loops shutting
+        down, until the process exits) keeps being dropped."""
+        if self.seen:
+            return
         for name in self.LOGGERS:
             logging.getLogger(name).removeFilter(self)
         if threading.excepthook == self._thread_excepthook:
             threading.excepthook = self._old_hook
+        if sys.unraisablehook == self._unraisablehook:
+            sys.unraisablehook = self._old_unraisable

@@ -255,6 +255,41 @@ def test_disk_full_gives_one_clear_error(tmp_path):
     assert len(out.splitlines()) < 30, out
 
 
+def test_disk_full_aftermath_at_exit_is_dropped_until_the_process_ends():
+    """After a full disk, Orbax's loops torn down at interpreter exit raise "Event loop is closed" through
+    sys.unraisablehook / threading.excepthook (seen under load as a stray traceback after the one-line error):
+    the guard drops them even after the trainer's `remove()`, and passes every other error on."""
+    import io
+    import threading
+    import types
+
+    from dinov2_jax.train.disk_full import DiskFullGuard
+
+    old_unraisable, old_thread = sys.unraisablehook, threading.excepthook
+    passed = []
+    sys.unraisablehook = lambda args: passed.append(args.exc_value)
+    threading.excepthook = lambda args: passed.append(args.exc_value)
+    try:
+        clean = DiskFullGuard(io.StringIO()).install()
+        closed = types.SimpleNamespace(exc_value=RuntimeError("Event loop is closed"))
+        sys.unraisablehook(closed)  # no full disk seen: not ours to hide
+        clean.remove()
+        assert sys.unraisablehook is not clean._unraisablehook and len(passed) == 1
+
+        stream = io.StringIO()
+        guard = DiskFullGuard(stream).install()
+        threading.excepthook(types.SimpleNamespace(exc_value=OSError(28, "No space left on device")))
+        guard.remove()  # the trainer's finally: the hooks stay, the aftermath is still to come
+        sys.unraisablehook(closed)
+        threading.excepthook(closed)
+        other = types.SimpleNamespace(exc_value=ValueError("something else"))
+        sys.unraisablehook(other)
+        assert passed[1:] == [other.exc_value]
+        assert stream.getvalue().count("no space left on device") == 1
+    finally:
+        sys.unraisablehook, threading.excepthook = old_unraisable, old_thread
+
+
 def test_skipped_image_count_in_metrics_and_progress_line(tmp_path):
     class Gappy(ToyLoader):
         """Batch i holds stream positions 8i..8i+7, but positions 10 and 21 were unreadable (dropped)."""
