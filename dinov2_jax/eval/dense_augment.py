@@ -19,7 +19,7 @@ from PIL import Image
 
 from dinov2_jax.data.augmentations import IMAGENET_MEAN, IMAGENET_STD, normalize
 
-IGNORE_INDEX = 255
+IGNORE_INDEX = 255  # mmseg's label for pixels that count nowhere (also the padding of a view)
 
 
 def _rescale_size(w: int, h: int, short: float, long: float) -> tuple[int, int]:

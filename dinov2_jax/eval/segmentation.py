@@ -37,14 +37,13 @@ import optax
 from flax import nnx
 
 from dinov2_jax.eval import dense
-from dinov2_jax.eval.dense_augment import segmentation_view
+from dinov2_jax.eval.dense_augment import IGNORE_INDEX, segmentation_view
 from dinov2_jax.models.heads.segmentation import (HEAD_LAYERS, SegmentationHead, head_to_state_dict, patch_features,
                                                   slide_logits)
 from dinov2_jax.models.heads.spatial import resize_bilinear
 
 logger = logging.getLogger("dinov2_jax.eval.segmentation")
 
-IGNORE_INDEX = 255
 LAYOUTS = {"ade20k": 150, "voc": 21, "folder": None}
 
 
