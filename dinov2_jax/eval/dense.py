@@ -112,11 +112,11 @@ def batched(fn, images: np.ndarray, batch_size: int):
     return jax.tree.map(lambda *a: np.concatenate(a), *outs)
 
 
-def flip_average(predict_fn, images: np.ndarray) -> np.ndarray:
+def flip_average(predict_fn, images: np.ndarray, pred=None) -> np.ndarray:
     """Horizontal-flip test-time augmentation of a dense prediction (the depth toolbox's aug_test with
-    MultiScaleFlipAug(flip=True)): mean of predict_fn(images) and the un-mirrored predict_fn(mirrored images).
-    images [N, H, W, C] -> predict_fn's [N, H, W, ...]."""
-    pred = np.asarray(predict_fn(images))
+    MultiScaleFlipAug(flip=True)): mean of predict_fn(images) (or `pred`, when already computed) and the
+    un-mirrored predict_fn(mirrored images). images [N, H, W, C] -> predict_fn's [N, H, W, ...]."""
+    pred = np.asarray(predict_fn(images) if pred is None else pred)
     mirrored = np.asarray(predict_fn(np.ascontiguousarray(images[:, :, ::-1])))[:, :, ::-1]
     return (pred + mirrored) / 2
 
@@ -208,7 +208,10 @@ class TrainBatches:
         """idx [b] -> (features [b, ...], targets [b, ...])."""
         if self.cached:
             return self.feats[idx], self.targets[idx]
-        load = self.load_pair if self.augment is None else (lambda pair: self.augment(pair, self.rng))
+        if self.augment is None:
+            _, f, t = next(iterate_pairs([self.pairs[i] for i in idx], self.load_pair, self.feat_fn, len(idx)))
+            return f, t
+        load = lambda pair: self.augment(pair, self.rng)  # noqa: E731
         _, f, t = next(iterate_pairs([self.pairs[i] for i in idx], load, self.feat_fn, len(idx)))
         if f.shape[1:] != self.feature_shape or t.shape[1:] != self.target_shape:
             raise ValueError(f"an augmented view gave features {f.shape[1:]} / targets {t.shape[1:]}, expected "

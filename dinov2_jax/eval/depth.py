@@ -277,11 +277,10 @@ def main(argv=None) -> int:
     rows, shown = [], []
     for images, feats, gt in dense.iterate_pairs(dataset_pairs(args.data, args.layout, "val")[:args.max_samples or None],
                                                  load_pair, feat_fn, args.batch_size):
-        if args.tta_flip:
+        pred = predict(head, feats, gt.shape[1:3], args.batch_size)
+        if args.tta_flip:  # the unmirrored features are already computed: only the mirror runs the backbone
             pred = dense.flip_average(lambda ims: predict(head, dense.batched(feat_fn, ims, args.batch_size),
-                                                          gt.shape[1:3], args.batch_size), images)
-        else:
-            pred = predict(head, feats, gt.shape[1:3], args.batch_size)
+                                                          gt.shape[1:3], args.batch_size), images, pred)
         rows += depth_metric_rows(pred, gt, min_depth, max_depth, eval_crop)
         shown += list(zip(images, pred, gt))[:max(0, 4 - len(shown))]
     metrics = summarize_rows(rows)

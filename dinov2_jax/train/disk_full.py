@@ -47,14 +47,12 @@ class DiskFullGuard(logging.Filter):
         self.stream = stream
 
     def filter(self, record: logging.LogRecord) -> bool:
-        exc = record.exc_info[1] if record.exc_info else None
         text = record.getMessage()
-        if is_disk_full(exc) or any(t in text for t in _TEXT):
+        if any(t in text for t in _TEXT):
             self._report_once()
             return False
-        if self.seen and ("Event loop is closed" in text or (exc is not None and "Event loop is closed" in str(exc))):
-            return False
-        return True
+        exc = record.exc_info[1] if record.exc_info else None
+        return not (self._aftermath(exc) or (self.seen and "Event loop is closed" in text))
 
     def _report_once(self) -> None:
         if not self.seen:

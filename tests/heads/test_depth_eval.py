@@ -109,6 +109,7 @@ def test_flip_average_unmirrors_the_mirrored_prediction():
     images = rng.normal(size=(2, 5, 7, 3)).astype(np.float32)
     fn = lambda x: x[..., 0] + np.arange(x.shape[2])[None, None, :]  # noqa: E731
     np.testing.assert_allclose(flip_average(fn, images), images[..., 0] + 3.0, rtol=1e-6)  # mean column = 3
+    np.testing.assert_allclose(flip_average(fn, images, fn(images)), images[..., 0] + 3.0, rtol=1e-6)  # given pred
 
 
 def test_training_without_feature_cache_gives_the_same_head(tmp_path):
