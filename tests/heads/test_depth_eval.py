@@ -126,7 +126,7 @@ def test_training_without_feature_cache_gives_the_same_head(tmp_path):
         np.testing.assert_allclose(v, res[1][1][k], rtol=1e-4, atol=1e-6)
 
 
-def test_cli_learns_from_augmented_views(tmp_path):
+def test_cli_learns_from_augmented_views(tmp_path, monkeypatch):
     """--augment (rotation, flip, colour jitter): depth is still readable from the image's colour ratios, so
     the head still learns it; the flag is recorded."""
     root, wdir = _planes_and_backbone(tmp_path, 16, 8)
@@ -134,4 +134,11 @@ def test_cli_learns_from_augmented_views(tmp_path):
     assert de.main(["--weights", wdir, "--data", root, "--layout", "folder", "--max-depth", "10", "--image-size", "56",
                     "--augment", "--iters", "200", "--batch-size", "8", "--lr", "1e-2", "--out-dir", out]) == 0
     m = json.load(open(os.path.join(out, "metrics.json")))
-    assert m["augment"] and m["abs_rel"] < 0.05 and m["delta1"] > 0.98, m  # measured 0.023 / 1.0; misaligned 0.12
+    assert m["augment"] and m["abs_rel"] < 0.05 and m["delta1"] > 0.98, m  # measured 0.023 / 1.0
+    # the same run with the depth alone flipped upside down in every view fails the bar (measured 0.12)
+    view = de.depth_view
+    monkeypatch.setattr(de, "depth_view", lambda *a, **k: (lambda i, d: (i, d[::-1].copy()))(*view(*a, **k)))
+    assert de.main(["--weights", wdir, "--data", root, "--layout", "folder", "--max-depth", "10", "--image-size", "56",
+                    "--augment", "--iters", "200", "--batch-size", "8", "--lr", "1e-2", "--out-dir", out]) == 0
+    bad = json.load(open(os.path.join(out, "metrics.json")))
+    assert bad["abs_rel"] > 0.05, bad
